@@ -1,0 +1,102 @@
+//! Cluster status and health endpoints.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::consensus;
+use crate::node;
+
+#[derive(Debug, Serialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub quic_addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+    /// `up`, `down` or `unknown` (not checked yet), from this node's health checks.
+    pub health: &'static str,
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: String,
+    pub leader_id: Option<String>,
+    pub term: u64,
+    pub state: String,
+    pub last_applied_index: Option<u64>,
+    pub ready: bool,
+    pub replication_factor: usize,
+    pub members: Vec<MemberStatus>,
+}
+
+pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
+    let node = &state.node;
+    let metrics = node.raft.metrics().borrow().clone();
+    let members = consensus::members_of(&node.raft);
+    let voters: std::collections::BTreeSet<u64> =
+        metrics.membership_config.membership().voter_ids().collect();
+    let leader_id = metrics
+        .current_leader
+        .and_then(|id| members.get(&id).map(|m| m.name.clone()));
+    let mut member_status: Vec<MemberStatus> = members
+        .iter()
+        .map(|(raft_id, member)| {
+            let health = node
+                .discovery
+                .health(&member.name, member.name == node.config.id);
+            MemberStatus {
+                id: member.name.clone(),
+                quic_addr: member.quic_addr.clone(),
+                http_addr: member.http_addr.clone(),
+                voter: voters.contains(raft_id),
+                health: health.label(),
+                rtt_ms: health.rtt().map(|d| d.as_secs_f64() * 1000.0),
+            }
+        })
+        .collect();
+    member_status.sort_by(|a, b| a.id.cmp(&b.id));
+    Json(ClusterStatus {
+        node_id: node.config.id.clone(),
+        leader_id,
+        term: metrics.current_term,
+        state: format!("{:?}", metrics.state),
+        last_applied_index: metrics.last_applied.map(|l| l.index),
+        ready: node::is_ready(node),
+        replication_factor: node.config.replication_factor,
+        members: member_status,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    status: &'static str,
+    node_id: String,
+}
+
+/// Liveness: the process is up and serving HTTP.
+pub async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        node_id: state.node.config.id.clone(),
+    })
+}
+
+/// Readiness: joined the cluster, a leader is known and the state machine
+/// has caught up with the log.
+pub async fn ready(State(state): State<AppState>) -> Result<(StatusCode, Json<Health>), ApiError> {
+    if node::is_ready(&state.node) {
+        Ok((
+            StatusCode::OK,
+            Json(Health {
+                status: "ready",
+                node_id: state.node.config.id.clone(),
+            }),
+        ))
+    } else {
+        Err(ApiError::NotReady)
+    }
+}

@@ -1,0 +1,199 @@
+//! Raft consensus: the type configuration, the persistent log, the state
+//! machine over the catalog, the network over QUIC, and the write path that
+//! forwards proposals from any node to the leader.
+//!
+//! Raft node ids are `u64`s derived from the string node id
+//! ([`raft_id_of`]); the string id, the QUIC address and the HTTP address of
+//! every member travel inside the committed membership as [`Member`], which
+//! is the source of truth for who is in the cluster.
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use log_store::LogStore;
+pub use network::Network;
+pub use state_machine::StateMachine;
+
+use crate::model::{Command, NodeId};
+
+/// The Raft node id: the first 8 bytes of SHA-256 of the string node id.
+pub type RaftId = u64;
+
+/// A cluster member as recorded in the committed membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node id as given to `--id` and bound to the node's certificate.
+    pub name: NodeId,
+    /// Address other nodes dial over QUIC: `host:port`, where host may be a
+    /// DNS name.
+    pub quic_addr: String,
+    /// Address of the public HTTP API: `host:port`.
+    pub http_addr: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.quic_addr)
+    }
+}
+
+/// The application data of one Raft entry: a catalog command and the
+/// leader's wall-clock time when it proposed the entry, so every replica
+/// applies the same timestamp.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub at_ms: i64,
+    pub command: Command,
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.command {
+            Command::AddTrack { track, .. } => write!(f, "add_track({})", track.file_id),
+            Command::SetReplicas { file_id, .. } => write!(f, "set_replicas({file_id})"),
+        }
+    }
+}
+
+/// What applying one entry produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// False when the entry changed nothing, for example an `AddTrack` for a
+    /// file that is already in the catalog.
+    pub changed: bool,
+}
+
+openraft::declare_raft_types!(
+    /// Raft types of a Dispotify cluster.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = RaftId,
+        Node = Member,
+        SnapshotData = tokio::fs::File,
+);
+
+pub type DispotifyRaft = Raft<TypeConfig>;
+
+/// Derives the Raft node id from a string node id.
+pub fn raft_id_of(name: &str) -> RaftId {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// Timing of the Raft protocol.
+#[derive(Clone, Debug)]
+pub struct RaftTiming {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+impl Default for RaftTiming {
+    /// Heartbeats every 100 ms and elections after 600 to 1200 ms of
+    /// silence: several missed heartbeats before a follower gives up on a
+    /// leader, which keeps a loaded 2-core node from triggering elections.
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(600),
+            election_timeout_max: Duration::from_millis(1200),
+        }
+    }
+}
+
+/// Entries applied since the last snapshot before a new snapshot is built.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+
+/// Log entries kept after a snapshot so a briefly lagging follower catches
+/// up from the log instead of receiving a whole snapshot.
+const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+
+/// Builds the openraft configuration from the node's timing settings.
+// openraft's `ConfigError` is large, and this runs once at start-up.
+#[allow(clippy::result_large_err)]
+pub fn raft_config(timing: &RaftTiming) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let config = openraft::Config {
+        cluster_name: "dispotify".to_string(),
+        heartbeat_interval: timing.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: timing.election_timeout_min.as_millis() as u64,
+        election_timeout_max: timing.election_timeout_max.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: LOG_ENTRIES_KEPT_AFTER_SNAPSHOT,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+/// Returns the members of a membership config by Raft id.
+pub fn members_of(raft: &DispotifyRaft) -> BTreeMap<RaftId, Member> {
+    let metrics = raft.metrics().borrow().clone();
+    metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, member)| (*id, member.clone()))
+        .collect()
+}
+
+/// Whether the node with `id` is a voter in the current membership.
+pub fn is_voter(raft: &DispotifyRaft, id: RaftId) -> bool {
+    let metrics = raft.metrics().borrow().clone();
+    let voters: BTreeSet<RaftId> = metrics.membership_config.membership().voter_ids().collect();
+    voters.contains(&id)
+}
+
+/// Whether this node is the leader right now, by its own metrics.
+pub fn is_leader(raft: &DispotifyRaft) -> bool {
+    raft.metrics().borrow().state == ServerState::Leader
+}
+
+/// Initializes a new single-node cluster with this node as its only voter.
+/// Calling it on an already initialized node changes nothing.
+pub async fn bootstrap(
+    raft: &DispotifyRaft,
+    me: RaftId,
+    member: Member,
+) -> Result<(), RaftError<RaftId, InitializeError<RaftId, Member>>> {
+    let mut nodes = BTreeMap::new();
+    nodes.insert(me, member);
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(()),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds `member` as a learner, waits until it has caught up, then promotes
+/// it to voter. Must run on the leader.
+pub async fn add_voter(
+    raft: &DispotifyRaft,
+    member: Member,
+) -> Result<(), RaftError<RaftId, ClientWriteError<RaftId, Member>>> {
+    let id = raft_id_of(&member.name);
+    let known = members_of(raft);
+    if known.get(&id) != Some(&member) {
+        tracing::info!(peer = %member.name, quic_addr = %member.quic_addr, "adding learner");
+        raft.add_learner(id, member.clone(), true).await?;
+    }
+    if !is_voter(raft, id) {
+        tracing::info!(peer = %member.name, "promoting learner to voter");
+        let mut add = BTreeSet::new();
+        add.insert(id);
+        raft.change_membership(ChangeMembers::AddVoterIds(add), false)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The node-to-node control service, defined with tarpc and carried over
+//! the QUIC transport with postcard encoding: Raft messages, joining,
+//! forwarded writes, replication control and health pings.
+//!
+//! Bulk chunk data does not go through these calls: it moves on bulk QUIC
+//! streams (see `replication`), so a large transfer never queues behind or
+//! in front of a Raft heartbeat.
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::consensus::{Member, RaftId, Request, TypeConfig};
+use crate::model::{FileId, Manifest, NodeId};
+
+/// A node's answer to a health ping.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReply {
+    pub node_id: NodeId,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub ready: bool,
+}
+
+/// The outcome of a committed and applied write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteReceipt {
+    /// False when the entry changed nothing, for example an `AddTrack` for a
+    /// file already in the catalog.
+    pub changed: bool,
+    /// Index of the entry in the Raft log.
+    pub log_index: u64,
+}
+
+/// Why a remote node refused or failed a call, in a form that crosses the
+/// wire. Transport failures are reported separately by the transport.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    #[error("this node is not the leader; the leader is {leader:?}")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("the cluster has no quorum: {detail}")]
+    NoQuorum { detail: String },
+    #[error("request rejected: {detail}")]
+    Rejected { detail: String },
+    #[error("node {node_id} failed the request: {detail}")]
+    Failed { node_id: NodeId, detail: String },
+}
+
+#[tarpc::service]
+pub trait NodeRpc {
+    /// Returns this node's view of the cluster.
+    async fn ping() -> PingReply;
+
+    async fn raft_append(
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>>;
+
+    async fn raft_vote(
+        request: VoteRequest<RaftId>,
+    ) -> Result<VoteResponse<RaftId>, RaftError<RaftId>>;
+
+    async fn raft_snapshot(
+        request: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<InstallSnapshotResponse<RaftId>, RaftError<RaftId, InstallSnapshotError>>;
+
+    /// Adds the calling node to the cluster as a learner and promotes it to
+    /// voter once it has caught up. The member's name must equal the node id
+    /// in the caller's certificate. Forwarded to the leader when needed.
+    async fn join(member: Member) -> Result<(), RemoteError>;
+
+    /// Proposes a write through Raft on the leader. A node that is not the
+    /// leader answers `NotLeader` and the caller retries at the leader.
+    async fn propose(request: Request) -> Result<WriteReceipt, RemoteError>;
+
+    /// Prepares to receive a blob's chunks on bulk streams.
+    async fn replicate_begin(file_id: FileId, manifest: Manifest) -> Result<(), RemoteError>;
+
+    /// Verifies the received blob against its manifest, fsyncs it and makes
+    /// it readable. Returns only once the blob is durable.
+    async fn replicate_finish(file_id: FileId) -> Result<(), RemoteError>;
+
+    /// Deletes a blob this node holds, unless the catalog lists it: used to
+    /// clean up after an upload that did not reach the write quorum.
+    async fn discard_blob(file_id: FileId) -> Result<(), RemoteError>;
+}

@@ -1,0 +1,190 @@
+//! The receiving side of the QUIC transport: control RPCs served with
+//! tarpc, and bulk streams handed to the replication manager.
+
+use std::sync::Arc;
+
+use dispotify_transport::PeerId;
+use futures::future::BoxFuture;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tarpc::context::Context;
+
+use crate::consensus::{self, Member, RaftId, Request, TypeConfig};
+use crate::model::{FileId, Manifest, NodeId};
+use crate::node::{self, Node};
+use crate::replication;
+use crate::rpc::{NodeRpc, PingReply, RemoteError, WriteReceipt};
+
+/// Dispatches incoming QUIC streams by kind.
+pub struct Incoming {
+    node: Arc<Node>,
+}
+
+impl Incoming {
+    pub fn new(node: Arc<Node>) -> Incoming {
+        Incoming { node }
+    }
+}
+
+impl dispotify_transport::IncomingHandler for Incoming {
+    fn rpc(
+        &self,
+        peer: PeerId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BoxFuture<'_, ()> {
+        let server = RpcServer {
+            node: self.node.clone(),
+            peer: peer.to_string(),
+        };
+        Box::pin(async move {
+            dispotify_transport::serve_tarpc_stream(
+                send,
+                recv,
+                crate::limits::MAX_RPC_FRAME_BYTES,
+                server.serve(),
+            )
+            .await;
+        })
+    }
+
+    fn bulk(
+        &self,
+        peer: PeerId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BoxFuture<'_, ()> {
+        let node = self.node.clone();
+        Box::pin(async move { replication::serve_bulk(node, peer.to_string(), send, recv).await })
+    }
+}
+
+/// Serves one control stream; `peer` is the node id proven by the peer's
+/// certificate.
+#[derive(Clone)]
+struct RpcServer {
+    node: Arc<Node>,
+    peer: NodeId,
+}
+
+impl RpcServer {
+    fn failed(&self, detail: impl ToString) -> RemoteError {
+        RemoteError::Failed {
+            node_id: self.node.config.id.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn peer_is_member(&self) -> bool {
+        consensus::members_of(&self.node.raft).contains_key(&consensus::raft_id_of(&self.peer))
+    }
+}
+
+impl NodeRpc for RpcServer {
+    async fn ping(self, _: Context) -> PingReply {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let leader = node::leader(&self.node).map(|(_, member)| member.name);
+        PingReply {
+            node_id: self.node.config.id.clone(),
+            term: metrics.current_term,
+            leader,
+            ready: node::is_ready(&self.node),
+        }
+    }
+
+    async fn raft_append(
+        self,
+        _: Context,
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>> {
+        self.node.raft.append_entries(request).await
+    }
+
+    async fn raft_vote(
+        self,
+        _: Context,
+        request: VoteRequest<RaftId>,
+    ) -> Result<VoteResponse<RaftId>, RaftError<RaftId>> {
+        self.node.raft.vote(request).await
+    }
+
+    async fn raft_snapshot(
+        self,
+        _: Context,
+        request: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<InstallSnapshotResponse<RaftId>, RaftError<RaftId, InstallSnapshotError>> {
+        self.node.raft.install_snapshot(request).await
+    }
+
+    async fn join(self, _: Context, member: Member) -> Result<(), RemoteError> {
+        // A node joins under the id its certificate proves. A member may
+        // forward another node's join, having checked it itself.
+        if member.name != self.peer && !self.peer_is_member() {
+            return Err(RemoteError::Rejected {
+                detail: format!(
+                    "node {} presented a certificate for {}",
+                    member.name, self.peer
+                ),
+            });
+        }
+        if !node::is_leader(&self.node) {
+            let Some((_, leader)) = node::leader(&self.node) else {
+                return Err(RemoteError::NotLeader { leader: None });
+            };
+            let client = node::rpc_client(&self.node, &leader).await?;
+            return client
+                .join(node::context_with_timeout(JOIN_TIMEOUT), member)
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        tracing::info!(peer = %member.name, quic_addr = %member.quic_addr, "join requested");
+        let _one_change_at_a_time = self.node.membership_changes.lock().await;
+        match tokio::time::timeout(
+            JOIN_TIMEOUT,
+            consensus::add_voter(&self.node.raft, member.clone()),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                tracing::info!(peer = %member.name, "node joined as voter");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.failed(e)),
+            Err(_) => Err(self.failed(format!("join did not complete within {JOIN_TIMEOUT:?}"))),
+        }
+    }
+
+    async fn propose(self, _: Context, request: Request) -> Result<WriteReceipt, RemoteError> {
+        if !self.peer_is_member() {
+            return Err(RemoteError::Rejected {
+                detail: format!("{} is not a cluster member", self.peer),
+            });
+        }
+        node::propose_local(&self.node, request).await
+    }
+
+    async fn replicate_begin(
+        self,
+        _: Context,
+        file_id: FileId,
+        manifest: Manifest,
+    ) -> Result<(), RemoteError> {
+        replication::begin_receive(&self.node, &self.peer, file_id, manifest).await
+    }
+
+    async fn replicate_finish(self, _: Context, file_id: FileId) -> Result<(), RemoteError> {
+        replication::finish_receive(&self.node, &self.peer, file_id).await
+    }
+
+    async fn discard_blob(self, _: Context, file_id: FileId) -> Result<(), RemoteError> {
+        replication::discard(&self.node, &self.peer, file_id).await
+    }
+}
+
+/// How long a join may take: the learner must catch up with the log before
+/// it is promoted.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -1,0 +1,666 @@
+//! End-to-end tests of a cluster of real node processes over real QUIC with
+//! real certificates, on loopback.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use support::{corpus_manifest, phase, wait_until, Cluster, ClusterOptions, CORPUS};
+
+fn corpus_file(name: &str) -> std::path::PathBuf {
+    Path::new(CORPUS).join(name)
+}
+
+/// Checks the fields of an uploaded track against the manifest's expected
+/// values for the fields both name.
+fn check_tags(file: &str, track: &Value, expected: &[(String, String)]) -> Result<()> {
+    let tags = &track["tags"];
+    for (key, value) in expected {
+        let actual = match key.as_str() {
+            "title" => track["title"].as_str().map(str::to_string),
+            "album" => tags["album"].as_str().map(str::to_string),
+            "genre" => tags["genre"].as_str().map(str::to_string),
+            "artist" => tags["artist"].as_str().map(str::to_string),
+            _ => continue,
+        };
+        // Values with commentary in brackets, e.g. "x (present only in ID3v1)",
+        // compare on the value; of a list ("a|b") the node keeps the first item.
+        let value = value.split(" (").next().unwrap_or(value);
+        let value = value.split('|').next().unwrap_or(value);
+        let actual =
+            actual.with_context(|| format!("{file}: {key} missing, expected {value:?}"))?;
+        // An ID3v2.3 list such as "A/B" is kept whole, since "/" is also part
+        // of names such as "AC/DC"; its first item must still be the expected one.
+        let first_of_list = actual
+            .strip_prefix(value)
+            .is_some_and(|rest| rest.starts_with('/'));
+        ensure!(
+            actual == value || first_of_list,
+            "{file}: {key} is {actual:?}, expected {value:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_uploads_and_streams_from_every_node() -> Result<()> {
+    phase("start a 3-node cluster");
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let manifest = corpus_manifest()?;
+    ensure!(
+        manifest.len() >= 20,
+        "corpus manifest has only {} rows",
+        manifest.len()
+    );
+
+    phase("upload every corpus file through node 1");
+    let mut accepted = Vec::new();
+    for (file, expected) in &manifest {
+        let (status, body) = cluster.upload(0, &corpus_file(file)).await?;
+        ensure!(status < 500, "{file}: server error {status}: {body}");
+        if status == 201 || status == 200 {
+            check_tags(file, &body, expected)?;
+            let replicas = body["replicas"].as_array().map(|r| r.len()).unwrap_or(0);
+            ensure!(
+                replicas >= 2,
+                "{file}: only {replicas} replicas acknowledged: {body}"
+            );
+            accepted.push((
+                file.clone(),
+                body["file_id"].as_str().unwrap_or_default().to_string(),
+            ));
+        } else {
+            let code = body["error"]["code"].as_str().unwrap_or_default();
+            ensure!(
+                !code.is_empty(),
+                "{file}: {status} without an error code: {body}"
+            );
+            ensure!(
+                file.starts_with("empty"),
+                "{file}: rejected with {status} {code}, expected it to be accepted"
+            );
+        }
+    }
+    ensure!(
+        accepted.len() + 1 >= manifest.len(),
+        "only {} of {} files accepted",
+        accepted.len(),
+        manifest.len()
+    );
+
+    phase("stream every accepted file back from each node, byte for byte");
+    for (file, file_id) in &accepted {
+        let original = std::fs::read(corpus_file(file))?;
+        for index in 0..cluster.nodes.len() {
+            let (status, bytes) = cluster.download(index, file_id).await?;
+            ensure!(
+                status == 200,
+                "{file} from node {}: status {status}",
+                index + 1
+            );
+            ensure!(
+                bytes == original,
+                "{file} from node {}: bytes differ",
+                index + 1
+            );
+        }
+    }
+
+    phase("search is accent- and case-insensitive on every node");
+    for index in 0..cluster.nodes.len() {
+        let found = cluster.search(index, "MONAE").await?;
+        let titles: Vec<&str> = found["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["tags"]["artist"].as_str())
+            .collect();
+        ensure!(
+            titles.iter().any(|a| a.contains("Monáe")),
+            "node {}: search for MONAE found {titles:?}",
+            index + 1
+        );
+    }
+    Ok(())
+}
+
+struct RangeCase {
+    range: String,
+    if_range: Option<String>,
+    status: u16,
+    content_range: Option<String>,
+    body: Option<std::ops::Range<usize>>,
+}
+
+fn range_cases(len: usize, etag: &str) -> Vec<RangeCase> {
+    let case = |range: &str,
+                status,
+                content_range: Option<String>,
+                body: Option<std::ops::Range<usize>>| RangeCase {
+        range: range.to_string(),
+        if_range: None,
+        status,
+        content_range,
+        body,
+    };
+    let last = len - 1;
+    let mut cases = vec![
+        case(
+            "bytes=0-1",
+            206,
+            Some(format!("bytes 0-1/{len}")),
+            Some(0..2),
+        ),
+        case(
+            "bytes=0-",
+            206,
+            Some(format!("bytes 0-{last}/{len}")),
+            Some(0..len),
+        ),
+        case(
+            "bytes=10-",
+            206,
+            Some(format!("bytes 10-{last}/{len}")),
+            Some(10..len),
+        ),
+        case(
+            "bytes=-100",
+            206,
+            Some(format!("bytes {}-{last}/{len}", len - 100)),
+            Some(len - 100..len),
+        ),
+        case(
+            &format!("bytes=-{}", len + 10),
+            206,
+            Some(format!("bytes 0-{last}/{len}")),
+            Some(0..len),
+        ),
+        case(
+            "bytes=5-9",
+            206,
+            Some(format!("bytes 5-9/{len}")),
+            Some(5..10),
+        ),
+        case(
+            &format!("bytes=100-{}", len + 1000),
+            206,
+            Some(format!("bytes 100-{last}/{len}")),
+            Some(100..len),
+        ),
+        case(
+            &format!("bytes={last}-{last}"),
+            206,
+            Some(format!("bytes {last}-{last}/{len}")),
+            Some(last..len),
+        ),
+        case(
+            &format!("bytes={len}-"),
+            416,
+            Some(format!("bytes */{len}")),
+            None,
+        ),
+        case("bytes=-0", 416, Some(format!("bytes */{len}")), None),
+        case("bytes=abc", 200, None, Some(0..len)),
+        case("items=0-1", 200, None, Some(0..len)),
+        case("bytes=9-5", 200, None, Some(0..len)),
+    ];
+    cases.push(RangeCase {
+        range: "bytes=0-1".into(),
+        if_range: Some(etag.to_string()),
+        status: 206,
+        content_range: Some(format!("bytes 0-1/{len}")),
+        body: Some(0..2),
+    });
+    cases.push(RangeCase {
+        range: "bytes=0-1".into(),
+        if_range: Some("\"not-the-etag\"".into()),
+        status: 200,
+        content_range: None,
+        body: Some(0..len),
+    });
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_requests_and_ffprobe_from_a_node_without_replica() -> Result<()> {
+    phase("start a 3-node cluster with R=2, so one node holds no copy of a file");
+    let options = ClusterOptions {
+        replication_factor: 2,
+        ..Default::default()
+    };
+    let cluster = Cluster::start(options).await?;
+    let path = corpus_file("mp3_id3v24_unsync_2covers.mp3");
+    let original = std::fs::read(&path)?;
+    let (status, track) = cluster.upload(0, &path).await?;
+    ensure!(status == 201, "upload answered {status}: {track}");
+    let file_id = track["file_id"].as_str().context("file_id")?.to_string();
+
+    let remote_index = wait_for_full_replica_set(&cluster, &file_id, 2).await?;
+    phase(&format!(
+        "node {} holds no replica; range table against it",
+        remote_index + 1
+    ));
+    let url = cluster.nodes[remote_index].url(&format!("/music/stream/{file_id}"));
+    let etag = format!("\"{}\"", track["sha256"].as_str().context("sha256")?);
+    for case in range_cases(original.len(), &etag) {
+        let mut request = cluster.http.get(&url).header("range", &case.range);
+        if let Some(if_range) = &case.if_range {
+            request = request.header("if-range", if_range);
+        }
+        let response = request.send().await?;
+        let label = format!("Range {:?} If-Range {:?}", case.range, case.if_range);
+        ensure!(
+            response.status().as_u16() == case.status,
+            "{label}: status {}",
+            response.status()
+        );
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        ensure!(
+            header("content-range") == case.content_range,
+            "{label}: Content-Range {:?}",
+            header("content-range")
+        );
+        ensure!(
+            header("accept-ranges").as_deref() == Some("bytes"),
+            "{label}: Accept-Ranges missing"
+        );
+        ensure!(
+            header("etag").as_deref() == Some(etag.as_str()),
+            "{label}: ETag {:?}",
+            header("etag")
+        );
+        ensure!(
+            header("content-type").as_deref() == Some("audio/mpeg"),
+            "{label}: Content-Type {:?}",
+            header("content-type")
+        );
+        let body = response.bytes().await?;
+        match case.body {
+            Some(range) => ensure!(
+                body[..] == original[range.clone()],
+                "{label}: body differs from bytes {range:?}"
+            ),
+            None => ensure!(body.is_empty(), "{label}: body should be empty"),
+        }
+    }
+
+    phase("HEAD with a range returns headers only");
+    let head = cluster
+        .http
+        .head(&url)
+        .header("range", "bytes=0-1")
+        .send()
+        .await?;
+    ensure!(
+        head.status().as_u16() == 206,
+        "HEAD status {}",
+        head.status()
+    );
+    ensure!(
+        head.headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            == Some("2"),
+        "HEAD Content-Length"
+    );
+
+    phase("ffprobe reads codec and duration from the node without a replica");
+    let output = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_name",
+            "-of",
+            "json",
+            &url,
+        ])
+        .output()
+        .context("run ffprobe (Debian package ffmpeg)")?;
+    ensure!(
+        output.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let probed: Value = serde_json::from_slice(&output.stdout)?;
+    ensure!(
+        probed["streams"][0]["codec_name"] == "mp3",
+        "ffprobe codec: {probed}"
+    );
+    let duration: f64 = probed["format"]["duration"]
+        .as_str()
+        .context("duration")?
+        .parse()?;
+    ensure!((duration - 0.78).abs() < 0.1, "ffprobe duration {duration}");
+    Ok(())
+}
+
+/// Waits until the track lists `count` replicas and returns the index of a
+/// node outside its replica set.
+async fn wait_for_full_replica_set(
+    cluster: &Cluster,
+    file_id: &str,
+    count: usize,
+) -> Result<usize> {
+    let url = cluster.nodes[0].url(&format!("/music/tracks/{file_id}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let replicas = loop {
+        let track: Value = cluster.http.get(&url).send().await?.json().await?;
+        let replicas: Vec<String> = track["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(String::from))
+            .collect();
+        if replicas.len() == count {
+            break replicas;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "replica set still {replicas:?} after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cluster
+        .nodes
+        .iter()
+        .position(|n| !replicas.contains(&n.id))
+        .context("every node is a replica")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_reject_bad_input_and_leave_nothing_behind() -> Result<()> {
+    let limit: u64 = 200_000;
+    let options = ClusterOptions {
+        max_upload_bytes: Some(limit),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(options).await?;
+
+    phase("duplicate upload returns the existing track with 200");
+    let path = corpus_file("flac_vorbis_full.flac");
+    let (first, track) = cluster.upload(0, &path).await?;
+    ensure!(first == 201, "first upload {first}: {track}");
+    let (second, again) = cluster.upload(1, &path).await?;
+    ensure!(second == 200, "second upload {second}: {again}");
+    ensure!(
+        again["file_id"] == track["file_id"],
+        "duplicate got another file id"
+    );
+
+    let blob_counts = |cluster: &Cluster| -> Vec<usize> {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| count_files(&n.data_dir.join("blobs")))
+            .collect()
+    };
+    let before = blob_counts(&cluster);
+
+    phase("an upload over the limit gets 413 before and while reading");
+    // The server answers before reading the body and closes the connection,
+    // so these requests use connections of their own.
+    let one_shot = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let big = vec![0x55u8; limit as usize + 100_000];
+    let part = reqwest::multipart::Part::bytes(big.clone()).file_name("big.mp3");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let response = one_shot
+        .post(cluster.nodes[0].url("/music/upload"))
+        .multipart(form)
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 413,
+        "declared oversize upload got {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    ensure!(body["error"]["code"] == "payload_too_large", "{body}");
+    let chunked = reqwest::Body::wrap_stream(futures::stream::iter(
+        big.chunks(64 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    ));
+    let part = reqwest::multipart::Part::stream(chunked).file_name("big.mp3");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let response = one_shot
+        .post(cluster.nodes[0].url("/music/upload"))
+        .multipart(form)
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 413,
+        "streamed oversize upload got {}",
+        response.status()
+    );
+
+    phase("non-audio gets 415, empty gets 400, a request without a file part gets 400");
+    let (status, body) = cluster
+        .upload_bytes(
+            0,
+            "notes.mp3",
+            b"these are not audio bytes, just text".repeat(100),
+        )
+        .await?;
+    ensure!(status == 415, "text upload got {status}: {body}");
+    ensure!(body["error"]["code"] == "unsupported_media_type", "{body}");
+    let (status, body) = cluster.upload(0, &corpus_file("empty_0_bytes.mp3")).await?;
+    ensure!(
+        status == 400 && body["error"]["code"] == "empty_file",
+        "empty upload got {status}: {body}"
+    );
+    let form = reqwest::multipart::Form::new().text("other", "x");
+    let response = cluster
+        .http
+        .post(cluster.nodes[0].url("/music/upload"))
+        .multipart(form)
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 400,
+        "missing part got {}",
+        response.status()
+    );
+
+    phase("rejected uploads left no file behind");
+    ensure!(
+        blob_counts(&cluster) == before,
+        "blob files changed: {before:?} -> {:?}",
+        blob_counts(&cluster)
+    );
+
+    phase("unknown and malformed ids get JSON errors");
+    let response = cluster
+        .http
+        .get(cluster.nodes[0].url("/music/tracks/not-an-id"))
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 400,
+        "malformed id got {}",
+        response.status()
+    );
+    let missing = "0".repeat(64);
+    let response = cluster
+        .http
+        .get(cluster.nodes[0].url(&format!("/music/stream/{missing}")))
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 404,
+        "unknown id got {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    ensure!(body["error"]["code"] == "track_not_found", "{body}");
+    Ok(())
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                count_files(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_is_survived_and_catches_up() -> Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let seed = corpus_file("ogg_vorbis_full.ogg");
+    let (status, before) = cluster.upload(0, &seed).await?;
+    ensure!(status == 201, "upload {status}: {before}");
+
+    let victim = cluster.leader_index().await?;
+    phase(&format!("SIGKILL the leader, node {}", victim + 1));
+    cluster.nodes[victim].kill();
+    let others: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != victim).collect();
+
+    phase("uploads, searches and streams keep working through the other two");
+    let during = corpus_file("opus_full.opus");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let uploaded = loop {
+        match cluster.upload(others[0], &during).await {
+            Ok((201, body)) | Ok((200, body)) => break Some(body),
+            _ if std::time::Instant::now() > deadline => break None,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let during_track = uploaded.context("upload body")?;
+    let during_id = during_track["file_id"].as_str().context("file_id")?;
+    for &index in &others {
+        let (status, bytes) = cluster.download(index, during_id).await?;
+        ensure!(
+            status == 200 && bytes == std::fs::read(&during)?,
+            "stream from node {} after kill",
+            index + 1
+        );
+        let found = cluster.search(index, "the artist").await?;
+        ensure!(
+            found["total"].as_u64().unwrap_or(0) >= 1,
+            "search on node {}: {found}",
+            index + 1
+        );
+    }
+
+    phase("restart the killed node; it catches up and serves again");
+    cluster.nodes[victim].restart()?;
+    cluster.wait_ready(victim).await?;
+    let track_url = cluster.nodes[victim].url(&format!("/music/tracks/{during_id}"));
+    wait_until(
+        "restarted node has the new track",
+        Duration::from_secs(30),
+        || {
+            let request = cluster.http.get(&track_url).send();
+            async move {
+                request
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await?;
+    let (status, bytes) = cluster.download(victim, during_id).await?;
+    ensure!(
+        status == 200 && bytes == std::fs::read(&during)?,
+        "stream from restarted node"
+    );
+    Ok(())
+}
+
+/// Creates one PostgreSQL database per node on the test server.
+async fn postgres_databases(admin_url: &str, count: usize) -> Result<Vec<String>> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(admin_url).await?;
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(base, _)| base)
+        .context("database URL without a path")?;
+    let mut urls = Vec::new();
+    for index in 0..count {
+        let name = format!("dispotify_cluster_{}_{index}", std::process::id());
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut connection)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut connection)
+            .await?;
+        urls.push(format!("{base}/{name}"));
+    }
+    Ok(urls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_on_postgres_uploads_searches_and_streams() -> Result<()> {
+    let Ok(admin_url) = std::env::var("DISPOTIFY_TEST_POSTGRES_URL") else {
+        ensure!(
+            std::env::var("DISPOTIFY_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "DISPOTIFY_TEST_POSTGRES_URL is not set"
+        );
+        eprintln!("skipped: DISPOTIFY_TEST_POSTGRES_URL is not set");
+        return Ok(());
+    };
+    let database_urls = postgres_databases(&admin_url, 3).await?;
+    let cluster = Cluster::start(ClusterOptions {
+        database_urls,
+        ..Default::default()
+    })
+    .await?;
+    let mut ids = HashMap::new();
+    for file in [
+        "flac_vorbis_full.flac",
+        "mp3_id3v23_latin1_nonascii.mp3",
+        "m4a_two_covr_moov_at_end.m4a",
+    ] {
+        let (status, body) = cluster.upload(1, &corpus_file(file)).await?;
+        ensure!(status == 201, "{file}: {status} {body}");
+        ids.insert(
+            file,
+            body["file_id"].as_str().context("file_id")?.to_string(),
+        );
+    }
+    for index in 0..3 {
+        let found = cluster.search(index, "monae").await?;
+        ensure!(found["total"] == 1, "node {} search: {found}", index + 1);
+        let (status, bytes) = cluster
+            .download(index, &ids["m4a_two_covr_moov_at_end.m4a"])
+            .await?;
+        ensure!(
+            status == 200 && bytes == std::fs::read(corpus_file("m4a_two_covr_moov_at_end.m4a"))?,
+            "node {} stream",
+            index + 1
+        );
+    }
+    let cover = cluster
+        .http
+        .get(cluster.nodes[2].url(&format!(
+            "/music/tracks/{}/cover",
+            ids["m4a_two_covr_moov_at_end.m4a"]
+        )))
+        .send()
+        .await?;
+    ensure!(cover.status() == 200, "cover status {}", cover.status());
+    Ok(())
+}
