@@ -10,6 +10,7 @@ pub mod dev;
 pub mod discovery;
 pub mod http_range;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod placement;

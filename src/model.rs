@@ -51,8 +51,8 @@ pub struct Cover {
     pub data: Vec<u8>,
 }
 
-/// What a file was recognized as: its container format and the MIME type a
-/// stream of it is served with.
+/// Recognized format of a file: its container format and the MIME type its
+/// stream is served with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudioFormat {
     /// Short name, for example `mp3`, `flac`, `ogg`, `opus`, `m4a`, `wav`.

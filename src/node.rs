@@ -1,10 +1,10 @@
 //! A Dispotify node: every component wired together, the start-up
 //! sequence, the Raft write path and the control RPC server.
 //!
-//! Start-up: check the node id against the data directory and the
-//! certificate, bind QUIC, open the catalog, the blob store and the Raft
-//! storage, start Raft, serve QUIC, bootstrap or join, start the workers,
-//! then serve HTTP until SIGINT or SIGTERM.
+//! Start-up checks the node id against the data directory and the
+//! certificate, binds QUIC and opens the catalog, the blob store and the Raft
+//! storage. It then starts Raft, serves QUIC, bootstraps or joins and starts
+//! the workers. HTTP is served until SIGINT or SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +28,8 @@ use crate::model::{Command, NodeId};
 use crate::rpc::{NodeRpcClient, RemoteError, WriteReceipt};
 use crate::{api, replication, server, workers};
 
-/// How long a write may wait for a leader and a commit before the client is
-/// told the cluster has no quorum. Several election timeouts, so one lost
+/// How long a write may wait for a leader and a commit before the client
+/// receives a "no quorum" error. Several election timeouts, so one lost
 /// election does not fail a write.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -64,6 +64,7 @@ pub struct Node {
     /// Held by the leader while it changes the membership: openraft accepts
     /// one membership change at a time, so concurrent joins queue here.
     pub membership_changes: tokio::sync::Mutex<()>,
+    pub metrics: crate::metrics::Metrics,
     pub shutdown: CancellationToken,
 }
 
@@ -183,7 +184,7 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         })?;
 
     let catalog = Catalog::connect(&config.database_url).await?;
-    let blobs = BlobStore::open(config.data_dir.join("blobs"), config.chunk_size_bytes).await?;
+    let blobs = BlobStore::open(config.data_dir.clone(), config.chunk_size_bytes).await?;
 
     let raft_dir = config.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir).map_err(|source| StartError::DataDir {
@@ -233,6 +234,7 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         receiving: replication::Receiving::default(),
         events,
         membership_changes: tokio::sync::Mutex::new(()),
+        metrics: crate::metrics::Metrics::new(),
         shutdown: CancellationToken::new(),
     });
     tracing::info!(node_id = %node.config.id, quic = %node.config.quic_addr, raft_id = node.raft_id, "node started");
@@ -285,14 +287,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The member currently believed to lead, if any.
+/// Returns the member this node currently sees as leader, if any.
 pub fn leader(node: &Node) -> Option<(RaftId, Member)> {
     let leader = node.raft.metrics().borrow().current_leader?;
     let member = consensus::members_of(&node.raft).get(&leader)?.clone();
     Some((leader, member))
 }
 
-/// Whether this node has joined, knows a leader and has applied its log.
+/// Whether this node is a member, has a known leader and has applied its log.
 pub fn is_ready(node: &Node) -> bool {
     let metrics = node.raft.metrics().borrow().clone();
     let joined = metrics
@@ -326,7 +328,7 @@ pub async fn rpc_client(node: &Node, member: &Member) -> Result<NodeRpcClient, R
     Ok(NodeRpcClient::new(tarpc::client::Config::default(), transport).spawn())
 }
 
-/// A tarpc context whose deadline is `timeout` from now.
+/// Creates a tarpc context whose deadline is `timeout` from now.
 pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
     let mut context = tarpc::context::current();
     context.deadline = Instant::now() + timeout;
@@ -371,13 +373,19 @@ pub async fn write(node: &Arc<Node>, command: Command) -> Result<WriteReceipt, A
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        let proposed_at = Instant::now();
         let result = if leader_id == node.raft_id {
             propose_local(node, request.clone()).await
         } else {
             forward(node, &member, request.clone()).await
         };
         match result {
-            Ok(receipt) => return Ok(receipt),
+            Ok(receipt) => {
+                node.metrics
+                    .commit_seconds
+                    .observe(proposed_at.elapsed().as_secs_f64());
+                return Ok(receipt);
+            }
             Err(RemoteError::NoQuorum { detail }) => return Err(ApiError::NoQuorum { detail }),
             Err(error) => {
                 tracing::debug!(attempt, leader = %member.name, %error, "write not accepted, retrying");
@@ -408,8 +416,8 @@ async fn forward(
     }
 }
 
-/// Waits until this node has applied the entry at `log_index`, so a reader
-/// on this node sees the write it just made. Gives up after
+/// Waits until this node has applied the entry at `log_index`, so a read
+/// on this node returns the write it just made. Gives up after
 /// [`WRITE_TIMEOUT`]; the write is committed either way.
 pub async fn wait_applied(node: &Node, log_index: u64) {
     let waited = node
@@ -422,7 +430,7 @@ pub async fn wait_applied(node: &Node, log_index: u64) {
     }
 }
 
-/// Whether this node's own metrics say it leads.
+/// Whether this node's own metrics report it as leader.
 pub fn is_leader(node: &Node) -> bool {
     node.raft.metrics().borrow().state == ServerState::Leader
 }

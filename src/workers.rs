@@ -10,7 +10,7 @@ use tracing::Instrument;
 use crate::consensus;
 use crate::node::{self, ClusterEvent, Node};
 
-/// Longest wait between two rounds of join attempts.
+/// Maximum wait between two rounds of join attempts.
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Timeout of one health-check ping.
@@ -26,7 +26,7 @@ pub fn spawn_all(node: &Arc<Node>) {
 }
 
 /// Dials the seeds until one of them makes this node a voter. A node that
-/// restarts as a learner (its promotion was interrupted) asks again.
+/// restarts as a learner, because its promotion was interrupted, joins again.
 pub async fn join_cluster(node: Arc<Node>) {
     let mut delay = Duration::from_millis(200);
     let mut round: u32 = 0;
@@ -137,7 +137,9 @@ async fn check_one(node: &Node, member: &consensus::Member) {
     };
     match tokio::time::timeout(PING_TIMEOUT, pinged).await {
         Ok(Ok(_reply)) => {
-            let previous = node.discovery.record_up(&member.name, started.elapsed());
+            let rtt = started.elapsed();
+            node.metrics.record_peer(&member.name, Some(rtt));
+            let previous = node.discovery.record_up(&member.name, rtt);
             if matches!(previous, crate::discovery::PeerHealth::Down { .. }) {
                 tracing::info!(peer = %member.name, "peer is reachable again");
             }
@@ -148,6 +150,7 @@ async fn check_one(node: &Node, member: &consensus::Member) {
 }
 
 fn mark_down(node: &Node, member: &consensus::Member, error: &str) {
+    node.metrics.record_peer(&member.name, None);
     if let crate::discovery::PeerHealth::Down {
         consecutive_failures: 1,
     } = node.discovery.record_down(&member.name)
@@ -166,7 +169,11 @@ async fn publish_events(node: Arc<Node>) {
         let current = metrics.borrow_and_update().clone();
         if current.current_leader != last_leader || current.current_term != last_term {
             last_leader = current.current_leader;
+            if current.current_leader != last_leader {
+                node.metrics.leader_changes.inc();
+            }
             last_term = current.current_term;
+            node.metrics.raft_term.set(last_term as i64);
             let leader = node::leader(&node).map(|(_, m)| m.name);
             tracing::info!(node_id = %node.config.id, leader = ?leader, term = last_term, "leader changed");
             let _ = node.events.send(ClusterEvent::LeaderChanged {

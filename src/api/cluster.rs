@@ -100,3 +100,16 @@ pub async fn ready(State(state): State<AppState>) -> Result<(StatusCode, Json<He
         Err(ApiError::NotReady)
     }
 }
+
+/// Prometheus metrics in the text exposition format.
+pub async fn metrics(
+    State(state): State<AppState>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let text = state
+        .node
+        .metrics
+        .render()
+        .map_err(|e| super::error::internal("render metrics", e))?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text))
+}

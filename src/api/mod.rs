@@ -51,6 +51,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/music/tracks/{file_id}", get(catalog::track))
         .route("/music/tracks/{file_id}/cover", get(catalog::cover))
         .route("/cluster/status", get(cluster::status))
+        .route("/metrics", get(cluster::metrics))
         .merge(health.clone())
         .nest("/internal", health)
         .fallback_service(web)

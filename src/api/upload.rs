@@ -19,11 +19,32 @@ use crate::{node, replication};
 /// of the upload size limit when judging a request by its Content-Length.
 const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
 
-/// Longest file name kept from the client, in bytes.
+/// Maximum length of a file name kept from the client, in bytes.
 const MAX_FILE_NAME_BYTES: usize = 255;
 
 pub async fn upload(
     State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<Track>), ApiError> {
+    let started = std::time::Instant::now();
+    let result = receive(&state, headers, multipart).await;
+    let metrics = &state.node.metrics;
+    metrics
+        .upload_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match &result {
+        Ok((StatusCode::CREATED, _)) => "created",
+        Ok(_) => "duplicate",
+        Err(e) if e.status().is_client_error() => "rejected",
+        Err(_) => "failed",
+    };
+    metrics.count_upload(outcome);
+    result
+}
+
+async fn receive(
+    state: &AppState,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Track>), ApiError> {
@@ -60,8 +81,8 @@ pub async fn upload(
             continue;
         }
         let file_name = clean_file_name(field.file_name());
-        let staged = stage(&state, field, limit_bytes).await?;
-        return finish(&state, staged, file_name).await;
+        let staged = stage(state, field, limit_bytes).await?;
+        return finish(state, staged, file_name).await;
     }
 }
 

@@ -6,7 +6,7 @@
 //! catalog and the applied position never disagree.
 //!
 //! A snapshot is a file under `<data dir>/raft/snapshots`: `current.snap`
-//! holds the catalog export and `current.meta` its [`SnapshotMeta`]. Both are
+//! contains the catalog export and `current.meta` its [`SnapshotMeta`]. Both are
 //! written to a temporary name, fsynced and renamed, the metadata last.
 
 use std::io::{BufReader, BufWriter, Write};

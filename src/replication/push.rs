@@ -1,5 +1,6 @@
-//! Quorum writes: an uploaded blob pushed to its replica set in parallel,
-//! answered once the write quorum W = floor(R/2) + 1 has stored it.
+//! Quorum writes: an uploaded blob is pushed to its replica set in parallel,
+//! and the upload proceeds once the write quorum W = floor(R/2) + 1 has
+//! stored it.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -27,12 +28,12 @@ const FINISH_TIMEOUT_BASE: Duration = Duration::from_secs(10);
 /// Delay before the one retry of a failed push to a replica.
 const PUSH_RETRY_DELAY: Duration = Duration::from_millis(300);
 
-/// The write quorum for a replica set of `replicas` nodes.
+/// Returns the write quorum for a replica set of `replicas` nodes.
 pub fn write_quorum(replicas: usize) -> usize {
     replicas / 2 + 1
 }
 
-/// The replica set of `file_id` under the committed membership.
+/// Computes the replica set of `file_id` under the committed membership.
 pub fn replica_set(node: &Node, file_id: &str) -> Vec<Member> {
     let members = consensus::members_of(&node.raft);
     let ring = Ring::new(
@@ -144,7 +145,7 @@ pub async fn store_with_quorum(
     Ok(acknowledged)
 }
 
-/// Waits for the replicas that had not answered when the quorum was reached
+/// Waits for the replicas still pending when the quorum was reached
 /// and commits the grown replica set.
 async fn complete_in_background(
     node: Arc<Node>,
@@ -277,9 +278,11 @@ async fn push(
             .map_err(|e| e.to_string())?;
             for index in (stripe..chunk_count).step_by(streams) {
                 let bytes = read_chunk(&source, manifest, index).await?;
+                let len = bytes.len() as u64;
                 write_chunk_frame(&mut send, index as u32, bytes)
                     .await
                     .map_err(|e| e.to_string())?;
+                node.metrics.replicated_bytes.inc_by(len);
             }
             send.finish().map_err(|e| e.to_string())?;
             match read_header(&mut recv, MAX_BULK_HEADER_BYTES)

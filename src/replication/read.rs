@@ -16,6 +16,7 @@ use super::{chunk_len, chunk_slice};
 use crate::api::ApiError;
 use crate::consensus::{self, Member};
 use crate::limits::STREAM_BUFFER_CHUNKS;
+use crate::metrics::Metrics;
 use crate::model::{Manifest, Track};
 use crate::node::Node;
 
@@ -27,7 +28,7 @@ enum Source {
     Remote(Member),
 }
 
-/// Where the next chunk comes from and how far the read has got.
+/// Read position: the next chunk to send and the requested byte range.
 struct Cursor {
     next_chunk: u64,
     last_chunk: u64,
@@ -55,7 +56,7 @@ pub async fn read_range(
         .filter(|name| **name != node.config.id)
         .filter_map(|name| members.values().find(|m| &m.name == name).cloned())
         .collect();
-    // Replicas that answered their last health check first.
+    // Replicas that passed their last health check come first.
     remotes.sort_by_key(|m| !node.discovery.is_reachable(&m.name));
     sources.extend(remotes.into_iter().map(Source::Remote));
     if sources.is_empty() {
@@ -63,6 +64,11 @@ pub async fn read_range(
             file_id: track.file_id,
         });
     }
+    let first_source = match sources[0] {
+        Source::Local => "local",
+        Source::Remote(_) => "remote",
+    };
+    node.metrics.count_stream(first_source);
 
     let chunk_size = u64::from(manifest.chunk_size);
     let cursor = Cursor {
@@ -78,7 +84,7 @@ pub async fn read_range(
 
 type Sender = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
-/// Why a source stopped serving.
+/// Reason a source stopped serving.
 enum Stop {
     /// The client went away: stop reading altogether.
     ClientGone,
@@ -123,6 +129,7 @@ async fn produce(
 
 /// Sends the wanted part of a verified chunk and advances the cursor.
 async fn emit(
+    metrics: &Metrics,
     cursor: &mut Cursor,
     manifest: &Manifest,
     bytes: Bytes,
@@ -144,9 +151,10 @@ async fn emit(
             bytes.len()
         )));
     }
-    tx.send(Ok(bytes.slice(from..to)))
-        .await
-        .map_err(|_| Stop::ClientGone)?;
+    let part = bytes.slice(from..to);
+    let sent_bytes = part.len() as u64;
+    tx.send(Ok(part)).await.map_err(|_| Stop::ClientGone)?;
+    metrics.stream_bytes.inc_by(sent_bytes);
     cursor.next_chunk += 1;
     Ok(())
 }
@@ -164,7 +172,7 @@ async fn from_local(
             .read_chunk(file_id, manifest, cursor.next_chunk as u32)
             .await
             .map_err(|e| Stop::SourceFailed(e.to_string()))?;
-        emit(cursor, manifest, bytes, tx).await?;
+        emit(&node.metrics, cursor, manifest, bytes, tx).await?;
     }
     Ok(())
 }
@@ -226,7 +234,7 @@ async fn from_remote(
         if blake3::hash(&bytes).as_bytes() != expected {
             return Err(failed(format!("chunk {index} failed BLAKE3 verification")));
         }
-        emit(cursor, manifest, bytes, tx).await?;
+        emit(&node.metrics, cursor, manifest, bytes, tx).await?;
     }
     Ok(())
 }

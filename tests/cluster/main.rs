@@ -33,8 +33,8 @@ fn check_tags(file: &str, track: &Value, expected: &[(String, String)]) -> Resul
         let value = value.split('|').next().unwrap_or(value);
         let actual =
             actual.with_context(|| format!("{file}: {key} missing, expected {value:?}"))?;
-        // An ID3v2.3 list such as "A/B" is kept whole, since "/" is also part
-        // of names such as "AC/DC"; its first item must still be the expected one.
+        // The node keeps an ID3v2.3 list such as "A/B" whole, because "/" is also
+        // part of names such as "AC/DC". Its first item must be the expected one.
         let first_of_list = actual
             .strip_prefix(value)
             .is_some_and(|rest| rest.starts_with('/'));
@@ -226,7 +226,7 @@ fn range_cases(len: usize, etag: &str) -> Vec<RangeCase> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn range_requests_and_ffprobe_from_a_node_without_replica() -> Result<()> {
+async fn stream_ranges_from_non_replica() -> Result<()> {
     phase("start a 3-node cluster with R=2, so one node holds no copy of a file");
     let options = ClusterOptions {
         replication_factor: 2,
@@ -312,6 +312,30 @@ async fn range_requests_and_ffprobe_from_a_node_without_replica() -> Result<()> 
             .and_then(|v| v.to_str().ok())
             == Some("2"),
         "HEAD Content-Length"
+    );
+
+    phase("metrics count the remote streams and the upload");
+    let metrics = cluster
+        .http
+        .get(cluster.nodes[remote_index].url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("dispotify_streams_total{outcome=\"remote\"}"),
+        "{metrics}"
+    );
+    let uploader_metrics = cluster
+        .http
+        .get(cluster.nodes[0].url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        uploader_metrics.contains("dispotify_uploads_total{outcome=\"created\"} 1"),
+        "{uploader_metrics}"
     );
 
     phase("ffprobe reads codec and duration from the node without a replica");
@@ -408,7 +432,7 @@ async fn uploads_reject_bad_input_and_leave_nothing_behind() -> Result<()> {
     let before = blob_counts(&cluster);
 
     phase("an upload over the limit gets 413 before and while reading");
-    // The server answers before reading the body and closes the connection,
+    // The server responds before reading the body and closes the connection,
     // so these requests use connections of their own.
     let one_shot = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

@@ -199,7 +199,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Waits until node `index` answers 200 on /ready and sees every member.
+    /// Waits until node `index` returns 200 on /ready and lists every member.
     pub async fn wait_ready(&self, index: usize) -> Result<()> {
         let node = &self.nodes[index];
         let expected = self.nodes.len();
