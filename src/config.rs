@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::consensus::RaftTiming;
+use crate::consensus::RaftSettings;
 use crate::model::NodeId;
 
 /// Default replication factor R: each file is kept on this many nodes.
@@ -108,6 +108,8 @@ pub struct FileConfig {
     pub raft_election_timeout_min: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub raft_election_timeout_max: Option<Duration>,
+    pub raft_snapshot_every_entries: Option<u64>,
+    pub raft_log_entries_kept_after_snapshot: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -130,7 +132,7 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub health_check_interval: Duration,
     pub peer_cache_ttl: Duration,
-    pub raft: RaftTiming,
+    pub raft: RaftSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,8 +272,8 @@ impl NodeConfig {
                 reason: format!("{chunk_size_bytes} is outside 4096..=16777216"),
             });
         }
-        let defaults = RaftTiming::default();
-        let raft = RaftTiming {
+        let defaults = RaftSettings::default();
+        let raft = RaftSettings {
             heartbeat_interval: file
                 .raft_heartbeat_interval
                 .unwrap_or(defaults.heartbeat_interval),
@@ -281,7 +283,19 @@ impl NodeConfig {
             election_timeout_max: file
                 .raft_election_timeout_max
                 .unwrap_or(defaults.election_timeout_max),
+            snapshot_every_entries: file
+                .raft_snapshot_every_entries
+                .unwrap_or(defaults.snapshot_every_entries),
+            log_entries_kept_after_snapshot: file
+                .raft_log_entries_kept_after_snapshot
+                .unwrap_or(defaults.log_entries_kept_after_snapshot),
         };
+        if raft.snapshot_every_entries == 0 {
+            return Err(ConfigError::Invalid {
+                name: "raft_snapshot_every_entries",
+                reason: "must be at least 1".to_string(),
+            });
+        }
         if raft.election_timeout_min <= raft.heartbeat_interval
             || raft.election_timeout_max <= raft.election_timeout_min
         {

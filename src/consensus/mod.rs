@@ -93,45 +93,50 @@ pub fn raft_id_of(name: &str) -> RaftId {
     u64::from_be_bytes(first)
 }
 
-/// Timing of the Raft protocol.
+/// Timing and log compaction settings of the Raft protocol.
 #[derive(Clone, Debug)]
-pub struct RaftTiming {
+pub struct RaftSettings {
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Entries applied since the last snapshot before a new one is built.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept after a snapshot, so a briefly lagging follower
+    /// catches up from the log instead of receiving a whole snapshot.
+    pub log_entries_kept_after_snapshot: u64,
 }
 
-impl Default for RaftTiming {
+impl Default for RaftSettings {
     /// Heartbeats every 100 ms and elections after 600 to 1200 ms of
     /// silence: several missed heartbeats before a follower gives up on a
     /// leader, which keeps a loaded 2-core node from triggering elections.
+    /// A snapshot every 5,000 entries keeps restarts short; 1,000 entries
+    /// kept after it cover a follower that was down for a few minutes of
+    /// uploads.
     fn default() -> Self {
-        RaftTiming {
+        RaftSettings {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(600),
             election_timeout_max: Duration::from_millis(1200),
+            snapshot_every_entries: 5_000,
+            log_entries_kept_after_snapshot: 1_000,
         }
     }
 }
 
-/// Entries applied since the last snapshot before a new snapshot is built.
-const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
-
-/// Log entries kept after a snapshot so a briefly lagging follower catches
-/// up from the log instead of receiving a whole snapshot.
-const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
-
-/// Builds the openraft configuration from the node's timing settings.
+/// Builds the openraft configuration from the node's Raft settings.
 // openraft's `ConfigError` is large, and this runs once at start-up.
 #[allow(clippy::result_large_err)]
-pub fn raft_config(timing: &RaftTiming) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+pub fn raft_config(
+    settings: &RaftSettings,
+) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
     let config = openraft::Config {
         cluster_name: "dispotify".to_string(),
-        heartbeat_interval: timing.heartbeat_interval.as_millis() as u64,
-        election_timeout_min: timing.election_timeout_min.as_millis() as u64,
-        election_timeout_max: timing.election_timeout_max.as_millis() as u64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-        max_in_snapshot_log_to_keep: LOG_ENTRIES_KEPT_AFTER_SNAPSHOT,
+        heartbeat_interval: settings.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: settings.election_timeout_min.as_millis() as u64,
+        election_timeout_max: settings.election_timeout_max.as_millis() as u64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: settings.log_entries_kept_after_snapshot,
         ..Default::default()
     };
     Ok(Arc::new(config.validate()?))

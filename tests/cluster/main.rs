@@ -688,3 +688,184 @@ async fn cluster_on_postgres_uploads_searches_and_streams() -> Result<()> {
     ensure!(cover.status() == 200, "cover status {}", cover.status());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_installs_snapshot() -> Result<()> {
+    phase("start a cluster that snapshots every 5 entries and keeps no log after it");
+    let config_toml = "raft_snapshot_every_entries = 5\nraft_log_entries_kept_after_snapshot = 0\n";
+    let options = ClusterOptions {
+        config_toml: Some(config_toml.to_string()),
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start(options).await?;
+    let leader = cluster.leader_index().await?;
+    let victim = (leader + 1) % cluster.nodes.len();
+
+    phase(&format!(
+        "stop node {} and upload while it is down",
+        victim + 1
+    ));
+    cluster.nodes[victim].kill();
+    let files = [
+        "flac_vorbis_full.flac",
+        "ogg_vorbis_full.ogg",
+        "opus_full.opus",
+        "wavpack_full.wv",
+        "ape_full.ape",
+        "aiff_id3_full.aiff",
+        "m4a_aac_full.m4a",
+        "mp3_id3v1_only.mp3",
+    ];
+    let mut last_id = String::new();
+    for file in files {
+        let (status, body) = cluster.upload(leader, &corpus_file(file)).await?;
+        ensure!(status == 201, "{file}: {status} {body}");
+        last_id = body["file_id"].as_str().context("file_id")?.to_string();
+    }
+
+    phase("restart it: the log it missed is gone, so it must install a snapshot");
+    cluster.nodes[victim].restart()?;
+    cluster.wait_ready(victim).await?;
+    let list_url = cluster.nodes[victim].url("/music/tracks");
+    wait_until(
+        "restarted node lists every track",
+        Duration::from_secs(30),
+        || {
+            let request = cluster.http.get(&list_url).send();
+            async move {
+                match request.await {
+                    Ok(response) => response
+                        .json::<Value>()
+                        .await
+                        .map(|page| page["total"] == files.len())
+                        .unwrap_or(false),
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await?;
+    let log = std::fs::read_to_string(&cluster.nodes[victim].log_path)?;
+    ensure!(
+        log.contains("installed snapshot"),
+        "node log shows no snapshot install"
+    );
+    let (status, bytes) = cluster.download(victim, &last_id).await?;
+    ensure!(status == 200, "stream after snapshot: {status}");
+    ensure!(
+        bytes == std::fs::read(corpus_file("mp3_id3v1_only.mp3"))?,
+        "stream bytes differ"
+    );
+    Ok(())
+}
+
+/// Writes a WAV file of `data_bytes` deterministic pseudo-random 16-bit
+/// stereo samples, without holding it in memory.
+fn write_wav(path: &Path, data_bytes: u32, seed: u64) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    out.write_all(b"RIFF")?;
+    out.write_all(&(36 + data_bytes).to_le_bytes())?;
+    out.write_all(b"WAVEfmt ")?;
+    out.write_all(&16u32.to_le_bytes())?;
+    out.write_all(&1u16.to_le_bytes())?; // PCM
+    out.write_all(&2u16.to_le_bytes())?; // channels
+    out.write_all(&44_100u32.to_le_bytes())?;
+    out.write_all(&(44_100u32 * 4).to_le_bytes())?; // byte rate
+    out.write_all(&4u16.to_le_bytes())?; // block align
+    out.write_all(&16u16.to_le_bytes())?; // bits per sample
+    out.write_all(b"data")?;
+    out.write_all(&data_bytes.to_le_bytes())?;
+    let mut state = seed;
+    let mut block = vec![0u8; 64 * 1024];
+    let mut left = data_bytes as usize;
+    while left > 0 {
+        for byte in block.iter_mut() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *byte = (state >> 56) as u8;
+        }
+        let take = left.min(block.len());
+        out.write_all(&block[..take])?;
+        left -= take;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_fails_over_mid_song() -> Result<()> {
+    phase("upload a 24 MiB file to a 3-node cluster with R=2");
+    let options = ClusterOptions {
+        replication_factor: 2,
+        ..Default::default()
+    };
+    let mut cluster = Cluster::start(options).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("long.wav");
+    write_wav(&path, 24 * 1024 * 1024, 7)?;
+    let (status, track) = cluster.upload(0, &path).await?;
+    ensure!(status == 201, "upload {status}: {track}");
+    let file_id = track["file_id"].as_str().context("file_id")?.to_string();
+    let reader = wait_for_full_replica_set(&cluster, &file_id, 2).await?;
+    let replicas: Vec<String> = track_replicas(&cluster, reader, &file_id).await?;
+
+    phase(&format!(
+        "node {} streams it from a replica; read the first MiB",
+        reader + 1
+    ));
+    let url = cluster.nodes[reader].url(&format!("/music/stream/{file_id}"));
+    let mut response = cluster.http.get(&url).send().await?;
+    ensure!(
+        response.status() == 200,
+        "stream status {}",
+        response.status()
+    );
+    let mut received = Vec::new();
+    while received.len() < 1024 * 1024 {
+        let chunk = response.chunk().await?.context("stream ended early")?;
+        received.extend_from_slice(&chunk);
+    }
+
+    // The reader tries replicas that passed their last health check in the
+    // order the track lists them, so the first listed replica is serving.
+    let serving = cluster
+        .nodes
+        .iter()
+        .position(|n| n.id == replicas[0])
+        .context("replica node")?;
+    phase(&format!(
+        "SIGKILL node {} mid-stream; the rest comes from the other replica",
+        serving + 1
+    ));
+    cluster.nodes[serving].kill();
+    while let Some(chunk) = response.chunk().await? {
+        received.extend_from_slice(&chunk);
+    }
+    let original = std::fs::read(&path)?;
+    ensure!(
+        received.len() == original.len(),
+        "received {} of {} bytes",
+        received.len(),
+        original.len()
+    );
+    ensure!(
+        received == original,
+        "streamed bytes differ from the upload"
+    );
+    let log = std::fs::read_to_string(&cluster.nodes[reader].log_path)?;
+    ensure!(log.contains("failing over"), "reader log shows no failover");
+    Ok(())
+}
+
+async fn track_replicas(cluster: &Cluster, index: usize, file_id: &str) -> Result<Vec<String>> {
+    let url = cluster.nodes[index].url(&format!("/music/tracks/{file_id}"));
+    let track: Value = cluster.http.get(url).send().await?.json().await?;
+    Ok(track["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(String::from))
+        .collect())
+}

@@ -52,6 +52,8 @@ pub struct ClusterOptions {
     pub max_upload_bytes: Option<u64>,
     /// One PostgreSQL URL per node; SQLite when empty.
     pub database_urls: Vec<String>,
+    /// TOML settings given to every node through `--config`.
+    pub config_toml: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -61,6 +63,7 @@ impl Default for ClusterOptions {
             replication_factor: 3,
             max_upload_bytes: None,
             database_urls: Vec::new(),
+            config_toml: None,
         }
     }
 }
@@ -169,6 +172,11 @@ impl Cluster {
             }
             if let Some(limit) = options.max_upload_bytes {
                 args.push(format!("--max-upload-bytes={limit}"));
+            }
+            if let Some(toml) = &options.config_toml {
+                let path = data_dir.join("node.toml");
+                std::fs::write(&path, toml)?;
+                args.push(format!("--config={}", path.display()));
             }
             if let Some(url) = options.database_urls.get(index) {
                 args.push(format!("--database-url={url}"));
