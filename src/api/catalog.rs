@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use super::error::{internal, ApiError};
 use super::{parse_file_id, AppState};
-use crate::catalog::{Page, SortOrder, TrackQuery, TrackSort, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use crate::catalog::{
+    CatalogError, Page, SortOrder, TrackQuery, TrackSort, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT,
+};
 use crate::model::Track;
 
 #[derive(Debug, Deserialize)]
@@ -89,7 +91,7 @@ pub async fn list(
         .catalog
         .list_tracks(&query)
         .await
-        .map_err(|e| internal("list tracks", e))?;
+        .map_err(|e| catalog_error("list tracks", e))?;
     Ok(Json(page))
 }
 
@@ -99,23 +101,30 @@ pub async fn search(
 ) -> Result<Json<Page<Track>>, ApiError> {
     let (limit, offset) = parse_paging(&params)?;
     let q = params.q.clone().unwrap_or_default();
-    if q.chars().count() > MAX_QUERY_CHARS {
-        return Err(ApiError::InvalidQuery {
-            name: "q",
-            reason: format!("longer than {MAX_QUERY_CHARS} characters"),
-        });
-    }
     let page = state
         .node
         .catalog
         .search(&q, limit, offset)
         .await
-        .map_err(|e| internal("search", e))?;
+        .map_err(|e| catalog_error("search", e))?;
     Ok(Json(page))
 }
 
-/// Longest search query accepted, in characters.
-const MAX_QUERY_CHARS: usize = 200;
+/// Maps a catalog error: a rejected parameter is the client's to fix, any
+/// other failure is internal.
+fn catalog_error(operation: &'static str, error: CatalogError) -> ApiError {
+    match error {
+        CatalogError::InvalidQuery {
+            parameter,
+            value,
+            expected,
+        } => ApiError::InvalidQuery {
+            name: parameter,
+            reason: format!("{value:?} is invalid: {expected}"),
+        },
+        other => internal(operation, other),
+    }
+}
 
 pub async fn track(
     State(state): State<AppState>,

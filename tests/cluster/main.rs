@@ -505,6 +505,22 @@ async fn uploads_reject_bad_input_and_leave_nothing_behind() -> Result<()> {
         blob_counts(&cluster)
     );
 
+    phase("an overlong search query gets 400 with the parameter named");
+    let long_query = "word ".repeat(100);
+    let response = cluster
+        .http
+        .get(cluster.nodes[0].url("/music/search"))
+        .query(&[("q", long_query.as_str())])
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 400,
+        "long query got {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    ensure!(body["error"]["code"] == "invalid_query", "{body}");
+
     phase("unknown and malformed ids get JSON errors");
     let response = cluster
         .http
