@@ -12,7 +12,7 @@ pub const PUSH_STREAMS_PER_REPLICA: usize = 4;
 /// which bounds a stream's memory to this many chunks.
 pub const STREAM_BUFFER_CHUNKS: usize = 2;
 
-/// How long a started but unfinished incoming replication may sit idle
+/// How long an unfinished incoming replication may go without a chunk
 /// before its staging file is deleted.
 pub const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 

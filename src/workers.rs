@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::broadcast::error::RecvError;
 use tracing::Instrument;
 
 use crate::consensus;
@@ -105,11 +106,11 @@ async fn health_checks(node: Arc<Node>) {
             biased;
             _ = node.shutdown.cancelled() => return,
             _ = interval.tick() => {}
-            event = events.recv() => {
-                if !matches!(event, Ok(ClusterEvent::MembershipChanged { .. })) {
-                    continue;
-                }
-            }
+            event = events.recv() => match event {
+                Ok(ClusterEvent::MembershipChanged { .. }) => {}
+                Ok(ClusterEvent::LeaderChanged { .. }) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
         }
         let members = consensus::members_of(&node.raft);
         let checks = members

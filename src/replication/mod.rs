@@ -15,7 +15,7 @@ mod receive;
 
 pub use push::store_with_quorum;
 pub use read::read_range;
-pub use receive::{begin_receive, discard, finish_receive, serve_bulk, Receiving};
+pub use receive::{begin_receive, discard, finish_receive, receive_janitor, serve_bulk, Receiving};
 
 /// Byte range `[from, to)` within chunk `index` that a request for bytes
 /// `start..=end_inclusive` of a blob needs.

@@ -10,9 +10,10 @@ use dispotify_transport::{read_chunk_frame, read_header, write_chunk_frame, writ
 
 use super::protocol::{BulkReply, BulkRequest, MAX_BULK_HEADER_BYTES};
 use crate::blob::{validate_file_id, ReceivingBlob};
+use crate::consensus::Member;
 use crate::limits::RECEIVE_IDLE_TIMEOUT;
 use crate::model::{FileId, Manifest, NodeId};
-use crate::node::Node;
+use crate::node::{ClusterEvent, Node};
 use crate::rpc::RemoteError;
 
 /// Blobs being received, by file id.
@@ -24,7 +25,7 @@ pub struct Receiving {
 struct InFlight {
     blob: Arc<ReceivingBlob>,
     from: NodeId,
-    started: Instant,
+    last_activity: Instant,
 }
 
 impl Receiving {
@@ -36,6 +37,13 @@ impl Receiving {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Records that a chunk of `file_id` arrived, so the reception is not idle.
+    fn touch(&self, file_id: &str) {
+        if let Some(in_flight) = self.lock().get_mut(file_id) {
+            in_flight.last_activity = Instant::now();
+        }
+    }
+
     fn get(&self, file_id: &str) -> Option<Arc<ReceivingBlob>> {
         self.lock().get(file_id).map(|f| f.blob.clone())
     }
@@ -44,12 +52,50 @@ impl Receiving {
     /// staging files are deleted when the last handle goes.
     fn expire(&self) {
         self.lock().retain(|file_id, in_flight| {
-            let keep = in_flight.started.elapsed() < RECEIVE_IDLE_TIMEOUT;
+            let keep = in_flight.last_activity.elapsed() < RECEIVE_IDLE_TIMEOUT;
             if !keep {
                 tracing::warn!(file_id = %file_id, peer = %in_flight.from, "abandoned incoming replication expired");
             }
             keep
         });
+    }
+
+    /// Drops receptions whose sender is no longer a cluster member: it will
+    /// never finish them.
+    fn drop_from_departed(&self, members: &[Member]) {
+        self.lock().retain(|file_id, in_flight| {
+            let keep = members.iter().any(|m| m.name == in_flight.from);
+            if !keep {
+                tracing::info!(file_id = %file_id, peer = %in_flight.from, "dropped replication from a departed node");
+            }
+            keep
+        });
+    }
+}
+
+/// Interval of the sweep that expires idle incoming replications.
+const RECEIVE_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The replication manager's receive worker: expires idle incoming
+/// replications and drops those of nodes that left the cluster, as
+/// membership events arrive.
+pub async fn receive_janitor(node: Arc<Node>) {
+    let mut events = node.events.subscribe();
+    let mut sweep = tokio::time::interval(RECEIVE_SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            biased;
+            _ = node.shutdown.cancelled() => return,
+            event = events.recv() => match event {
+                Ok(ClusterEvent::MembershipChanged { members }) => node.receiving.drop_from_departed(&members),
+                Ok(ClusterEvent::LeaderChanged { .. }) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::debug!(skipped, "receive janitor skipped cluster events");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = sweep.tick() => node.receiving.expire(),
+        }
     }
 }
 
@@ -111,7 +157,7 @@ pub async fn begin_receive(
     let in_flight = InFlight {
         blob: Arc::new(blob),
         from: peer.to_string(),
-        started: Instant::now(),
+        last_activity: Instant::now(),
     };
     node.receiving.lock().insert(file_id.clone(), in_flight);
     tracing::debug!(file_id = %file_id, peer, size_bytes = manifest.size_bytes, "receiving replica");
@@ -221,6 +267,7 @@ async fn receive_chunks(
         blob.write_chunk(index, bytes)
             .await
             .map_err(|e| e.to_string())?;
+        node.receiving.touch(file_id);
     }
 }
 
@@ -289,4 +336,69 @@ async fn send_chunks(
     }
     let _ = send.finish();
     let _ = send.stopped().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::{manifest_for_bytes, BlobStore};
+
+    async fn reception(store: &BlobStore, content: &[u8], from: &str) -> (FileId, InFlight) {
+        let manifest = manifest_for_bytes(content, 4096);
+        let file_id = hex::encode(manifest.sha256);
+        let blob = store.begin_receive(&file_id, &manifest).await.unwrap();
+        let in_flight = InFlight {
+            blob: Arc::new(blob),
+            from: from.to_string(),
+            last_activity: Instant::now(),
+        };
+        (file_id, in_flight)
+    }
+
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            ..Member::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn departed_sender_reception_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf(), 4096)
+            .await
+            .unwrap();
+        let receiving = Receiving::default();
+        let (kept_id, kept) = reception(&store, b"from a member", "node1").await;
+        let (dropped_id, dropped) = reception(&store, b"from a departed node", "node9").await;
+        receiving.lock().insert(kept_id.clone(), kept);
+        receiving.lock().insert(dropped_id.clone(), dropped);
+
+        receiving.drop_from_departed(&[member("node1"), member("node2")]);
+
+        assert!(receiving.get(&kept_id).is_some());
+        assert!(receiving.get(&dropped_id).is_none());
+    }
+
+    #[tokio::test]
+    async fn idle_reception_expires_and_touched_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().to_path_buf(), 4096)
+            .await
+            .unwrap();
+        let receiving = Receiving::default();
+        let (idle_id, mut idle) = reception(&store, b"idle", "node1").await;
+        let (busy_id, mut busy) = reception(&store, b"busy", "node1").await;
+        let long_ago = Instant::now() - RECEIVE_IDLE_TIMEOUT - std::time::Duration::from_secs(1);
+        idle.last_activity = long_ago;
+        busy.last_activity = long_ago;
+        receiving.lock().insert(idle_id.clone(), idle);
+        receiving.lock().insert(busy_id.clone(), busy);
+
+        receiving.touch(&busy_id);
+        receiving.expire();
+
+        assert!(receiving.get(&idle_id).is_none());
+        assert!(receiving.get(&busy_id).is_some());
+    }
 }
