@@ -1,6 +1,7 @@
 //! The `dispotify` binary: parse the command line, set up logging, run the
 //! chosen command and map its result to an exit code.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,12 +50,18 @@ enum Command {
     },
 }
 
+/// Log filter when `DISPOTIFY_LOG` is unset. openraft reports every failed
+/// append to an unreachable follower at error level; the node's own health
+/// checks log an unreachable peer once, so those reports are silenced.
+const DEFAULT_LOG_FILTER: &str =
+    "info,openraft=error,openraft::replication=off,tarpc=warn,quinn=warn,sqlx=warn,tower_http=warn";
+
 fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_env("DISPOTIFY_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,openraft=error,tarpc=warn,quinn=warn,sqlx=warn,tower_http=warn")
-    });
+    let filter = EnvFilter::try_from_env("DISPOTIFY_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

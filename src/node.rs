@@ -254,7 +254,8 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
                 detail: e.to_string(),
             })?;
     }
-    if !consensus::is_voter(&node.raft, node.raft_id) {
+    // A bootstrapped node is the cluster's first voter and has no one to join.
+    if !node.config.bootstrap && !consensus::is_voter(&node.raft, node.raft_id) {
         tokio::spawn(workers::join_cluster(node.clone()));
     }
     Ok(node)

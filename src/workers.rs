@@ -63,7 +63,7 @@ async fn join_through(node: &Arc<Node>, seed: &str) -> Result<String, String> {
         .resolve_all(seed)
         .await
         .map_err(|e| e.to_string())?;
-    let mut last_error = String::from("no address");
+    let mut last_error = String::from("the seed resolves only to this node");
     for addr in addrs {
         if addr == node.config.quic_addr {
             continue;

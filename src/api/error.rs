@@ -43,6 +43,8 @@ pub enum ApiError {
     NoReplicaAvailable { file_id: String },
     #[error("this node has not joined the cluster or is still catching up")]
     NotReady,
+    #[error("no API endpoint {method} {path}; the README lists the endpoints")]
+    RouteNotFound { method: String, path: String },
     #[error("internal error; the node's log has details")]
     Internal,
 }
@@ -64,6 +66,7 @@ impl ApiError {
             ApiError::ReplicationFailed { .. } => "replication_failed",
             ApiError::NoReplicaAvailable { .. } => "no_replica_available",
             ApiError::NotReady => "not_ready",
+            ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::Internal => "internal_error",
         }
     }
@@ -77,9 +80,9 @@ impl ApiError {
             | ApiError::InvalidMultipart { .. }
             | ApiError::InvalidFileId { .. }
             | ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
-            ApiError::TrackNotFound { .. } | ApiError::CoverNotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::TrackNotFound { .. }
+            | ApiError::CoverNotFound { .. }
+            | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::NoQuorum { .. }
             | ApiError::ReplicationFailed { .. }
             | ApiError::NoReplicaAvailable { .. }

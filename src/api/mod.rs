@@ -10,7 +10,8 @@ mod upload;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::{Method, Uri};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::TimeoutLayer;
@@ -54,6 +55,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(cluster::metrics))
         .merge(health.clone())
         .nest("/internal", health)
+        .route("/music/{*rest}", any(route_not_found))
+        .route("/cluster/{*rest}", any(route_not_found))
+        .route("/internal/{*rest}", any(route_not_found))
         .fallback_service(web)
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(
@@ -78,6 +82,15 @@ fn default_web_dir() -> std::path::PathBuf {
         built
     } else {
         repo.join("dist-placeholder")
+    }
+}
+
+/// Answers a path under an API prefix that matches no route with a JSON
+/// 404, where the web app fallback would return its HTML page.
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
     }
 }
 

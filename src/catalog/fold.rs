@@ -4,9 +4,9 @@
 //! orders are identical on SQLite and PostgreSQL whatever their collations
 //! and extensions. Folding lowercases the text, decomposes it (NFKD) and
 //! drops combining marks. It then spells out the Latin letters that have no
-//! decomposition (`ß`, `æ`, `ø`, ...) and splits on every character that is
-//! not alphanumeric. So "Björk" and "BJORK" both fold to `bjork`, and
-//! "AC/DC" to `ac dc`.
+//! decomposition (`ß`, `æ`, `ø`, ...), drops apostrophes inside words and
+//! splits on every other character that is not alphanumeric. So "Björk" and
+//! "BJORK" both fold to `bjork`, "It's" to `its`, and "AC/DC" to `ac dc`.
 
 use unicode_normalization::char::is_combining_mark;
 use unicode_normalization::UnicodeNormalization;
@@ -23,6 +23,10 @@ pub fn fold_words(text: &str) -> Vec<String> {
     let mut word_chars = 0;
 
     for c in folded_chars(text) {
+        if is_apostrophe(c) {
+            // "It's" and "its" fold alike, as listeners type them either way.
+            continue;
+        }
         if c.is_alphanumeric() {
             if word_chars < MAX_WORD_CHARS {
                 word.push(c);
@@ -37,6 +41,12 @@ pub fn fold_words(text: &str) -> Vec<String> {
         words.push(word);
     }
     words
+}
+
+/// Whether `c` is an apostrophe: ASCII `'` or the typographic U+2019 that
+/// tag editors often write.
+fn is_apostrophe(c: char) -> bool {
+    c == '\'' || c == '\u{2019}'
 }
 
 /// Folds `text` into a sort key: its folded words joined by single spaces,
@@ -121,6 +131,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fold_words_drops_apostrophes_inside_words() {
+        assert_eq!(fold_words("It's All Over"), ["its", "all", "over"]);
+        assert_eq!(
+            fold_words("Rock \u{2019}n\u{2019} Roll"),
+            ["rock", "n", "roll"]
+        );
+        assert_eq!(fold_words("'quoted'"), ["quoted"]);
+    }
+
+    #[test]
     fn fold_words_drops_accents_and_case() {
         assert_eq!(fold_words("Björk"), ["bjork"]);
         assert_eq!(fold_words("BEYONCÉ"), ["beyonce"]);
@@ -143,7 +163,7 @@ mod tests {
     #[test]
     fn fold_words_splits_on_punctuation() {
         assert_eq!(fold_words("AC/DC"), ["ac", "dc"]);
-        assert_eq!(fold_words("  it's_100%  "), ["it", "s", "100"]);
+        assert_eq!(fold_words("  it's_100%  "), ["its", "100"]);
         assert_eq!(fold_words("%_*?"), Vec::<String>::new());
         assert_eq!(fold_words(""), Vec::<String>::new());
     }

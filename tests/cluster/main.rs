@@ -521,6 +521,20 @@ async fn uploads_reject_bad_input_and_leave_nothing_behind() -> Result<()> {
     let body: Value = response.json().await?;
     ensure!(body["error"]["code"] == "invalid_query", "{body}");
 
+    phase("an unknown API path gets a JSON 404, not the web page");
+    let response = cluster
+        .http
+        .get(cluster.nodes[0].url("/music/nope"))
+        .send()
+        .await?;
+    ensure!(
+        response.status().as_u16() == 404,
+        "unknown API path got {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    ensure!(body["error"]["code"] == "route_not_found", "{body}");
+
     phase("unknown and malformed ids get JSON errors");
     let response = cluster
         .http
