@@ -1,13 +1,13 @@
 //! Loopback throughput and latency of the node-to-node transport.
 //!
-//! Run with `cargo bench --bench transport` (about a minute and a half).
-//! Every throughput benchmark moves [`TRANSFER_BYTES`] (64 MiB) per
-//! iteration from node "a" to node "b" on 127.0.0.1, and criterion reports
-//! it as bytes per second (`thrpt`), so the groups compare directly:
+//! Run with `cargo bench --bench transport` (about a minute). Every
+//! throughput benchmark moves [`TRANSFER_BYTES`] (64 MiB) per iteration from
+//! node "a" to node "b" on 127.0.0.1, and criterion reports it as bytes per
+//! second (`thrpt`), so the groups compare directly:
 //!
 //! - `raw_quinn/1_stream`: one quinn stream with mutual TLS, written with
-//!   `write_all_chunks`, no framing; the ceiling for (b).
-//! - `bulk_frames/{4,8}_streams`: the transport's own path: cached
+//!   `write_all_chunks`, no framing; the reference for the next group.
+//! - `bulk_frames/{1,4,8}_streams`: the transport's own path: the cached bulk
 //!   connection, `StreamKind::Bulk` streams, `write_chunk_frame` /
 //!   `read_chunk_frame` with 1 MiB chunks, the 64 MiB split evenly over the
 //!   streams, all streams in parallel.
@@ -19,13 +19,21 @@
 //! trips in milliseconds. Each call is `Ping::ping` through
 //! `Endpoint::rpc_transport`, on its own QUIC stream, stream opening
 //! included. The columns are p50, p99 and max over [`PING_SAMPLES`]
-//! sequential calls. The first row is an idle connection; the second runs
-//! while [`LOAD_STREAMS`] bulk streams keep transferring on the same
-//! connection. The difference between the rows is how much a bulk transfer
-//! delays a control RPC such as a Raft heartbeat.
+//! sequential calls and the throughput of the background bulk load while
+//! they ran. `lost` counts the packets that node a's RPC connection declared
+//! lost. `slow` counts the pings slower than [`SLOW_PING`], with the number
+//! of them that saw such a loss in brackets.
+//!
+//! The first row is an idle endpoint. The next rows run 1, 4 and 8 bulk
+//! streams through `Endpoint::open_stream`, which puts them on the peer's
+//! bulk connection. The last rows open 4 and 8 bulk streams on the RPC
+//! connection itself, so control and bulk streams share one congestion
+//! controller and send buffer. The difference between the rows is how much
+//! a bulk transfer delays a control RPC such as a Raft heartbeat.
 //!
 //! Loopback figures measure CPU cost (crypto, copies, framing, scheduling),
-//! not network behaviour; they depend on the machine and on what else runs.
+//! not network behaviour. Sender and receiver share the machine's cores, so
+//! they depend on the machine and on what else runs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,11 +64,22 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 /// Ping calls per latency row.
 const PING_SAMPLES: usize = 500;
 
-/// Bulk streams running in the background for the loaded latency row.
-const LOAD_STREAMS: usize = 4;
+/// Bulk stream counts of the throughput benchmarks and of the loaded latency
+/// rows.
+const BULK_STREAM_COUNTS: [usize; 3] = [1, 4, 8];
+
+/// Round trip above which the latency table counts a ping as slow.
+const SLOW_PING: Duration = Duration::from_millis(10);
+
+/// Bulk stream counts of the latency rows that put them on the RPC
+/// connection.
+const SHARED_CONNECTION_STREAM_COUNTS: [usize; 2] = [4, 8];
 
 /// Bytes each background bulk stream sends before the next one starts.
 const LOAD_STREAM_BYTES: usize = 16 * 1024 * 1024;
+
+/// Bytes in a mebibyte, for the rates the bench prints.
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// Largest bulk header or acknowledgement in this bench.
 const MAX_HEADER_BYTES: usize = 64;
@@ -242,12 +261,32 @@ fn start_nodes(certs: &Certificates) -> anyhow::Result<Nodes> {
     Ok(Nodes { a, b })
 }
 
+/// Where the bench opens a bulk stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkPath {
+    /// `Endpoint::open_stream`, as the node does: the peer's bulk connection.
+    BulkConnection,
+    /// A bulk stream opened by hand on the connection that RPC streams use.
+    RpcConnection,
+}
+
 /// Sends `chunks` on one bulk stream and waits for the byte count.
 async fn bulk_transfer(nodes: &Nodes, chunks: &[Bytes]) -> anyhow::Result<u64> {
-    let (mut send, mut recv) = nodes
-        .a
-        .open_stream("b", nodes.b.local_addr(), StreamKind::Bulk)
-        .await?;
+    bulk_transfer_on(nodes, chunks, BulkPath::BulkConnection).await
+}
+
+async fn bulk_transfer_on(nodes: &Nodes, chunks: &[Bytes], path: BulkPath) -> anyhow::Result<u64> {
+    let b_addr = nodes.b.local_addr();
+    let (mut send, mut recv) = match path {
+        BulkPath::BulkConnection => nodes.a.open_stream("b", b_addr, StreamKind::Bulk).await?,
+        BulkPath::RpcConnection => {
+            let connection = nodes.a.connection("b", b_addr).await?;
+            let (mut send, recv) = connection.open_bi().await?;
+            // New streams have priority 0, the transport's bulk priority.
+            send.write_all(&[StreamKind::Bulk.to_byte()]).await?;
+            (send, recv)
+        }
+    };
     for (index, chunk) in chunks.iter().enumerate() {
         write_chunk_frame(&mut send, u32::try_from(index)?, chunk.clone()).await?;
     }
@@ -478,7 +517,7 @@ fn throughput(c: &mut Criterion) {
             time_transfers(&runtime, iterations, || raw_quinn_transfer(&raw, &chunks))
         })
     });
-    for streams in [4, 8] {
+    for streams in BULK_STREAM_COUNTS {
         group.bench_function(format!("bulk_frames/{streams}_streams"), |bencher| {
             bencher.iter_custom(|iterations| {
                 time_transfers(&runtime, iterations, || {
@@ -519,13 +558,41 @@ async fn ping_once(nodes: &Nodes, sequence: u64) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-async fn ping_samples(nodes: &Nodes) -> anyhow::Result<Vec<Duration>> {
-    let mut samples = Vec::with_capacity(PING_SAMPLES);
+/// The pings of one latency row.
+struct PingRun {
+    /// Round-trip times, sorted.
+    samples: Vec<Duration>,
+    /// Packets that node a's RPC connection declared lost during the row.
+    lost_packets: u64,
+    /// Pings slower than [`SLOW_PING`].
+    slow_pings: usize,
+    /// Slow pings during which the RPC connection declared a packet lost.
+    slow_pings_with_loss: usize,
+}
+
+async fn ping_samples(nodes: &Nodes) -> anyhow::Result<PingRun> {
+    let connection = nodes.a.connection("b", nodes.b.local_addr()).await?;
+    let lost_at_start = connection.stats().path.lost_packets;
+    let mut run = PingRun {
+        samples: Vec::with_capacity(PING_SAMPLES),
+        lost_packets: 0,
+        slow_pings: 0,
+        slow_pings_with_loss: 0,
+    };
     for sequence in 0..PING_SAMPLES as u64 {
-        samples.push(ping_once(nodes, sequence).await?);
+        let lost_before = connection.stats().path.lost_packets;
+        let sample = ping_once(nodes, sequence).await?;
+        if sample > SLOW_PING {
+            run.slow_pings += 1;
+            if connection.stats().path.lost_packets > lost_before {
+                run.slow_pings_with_loss += 1;
+            }
+        }
+        run.samples.push(sample);
     }
-    samples.sort();
-    Ok(samples)
+    run.lost_packets = connection.stats().path.lost_packets - lost_at_start;
+    run.samples.sort();
+    Ok(run)
 }
 
 /// Returns the sample at quantile `q` of sorted `samples` (nearest rank).
@@ -534,57 +601,117 @@ fn quantile(samples: &[Duration], q: f64) -> Duration {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 
-fn print_row(condition: &str, samples: &[Duration]) {
+/// One row of the latency table: the pings and the bulk throughput in the
+/// background while they ran.
+struct LatencyRow {
+    condition: String,
+    pings: PingRun,
+    load_mib_per_second: Option<f64>,
+}
+
+fn print_row(row: &LatencyRow) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let samples = &row.pings.samples;
+    let load = row
+        .load_mib_per_second
+        .map_or_else(|| "-".to_owned(), |rate| format!("{rate:.0}"));
+    let slow = format!(
+        "{} ({})",
+        row.pings.slow_pings, row.pings.slow_pings_with_loss
+    );
     println!(
-        "{condition:<28} {:>9.3} {:>9.3} {:>9.3}",
+        "{:<36} {:>7.3} {:>7.3} {:>7.3} {:>10} {:>7} {:>10}",
+        row.condition,
         ms(quantile(samples, 0.50)),
         ms(quantile(samples, 0.99)),
         ms(samples[samples.len() - 1]),
+        load,
+        row.pings.lost_packets,
+        slow,
     );
 }
 
-async fn ping_latency_table(nodes: &Nodes) -> anyhow::Result<()> {
-    // Warm the connection so the first sample is not a handshake.
-    ping_once(nodes, 0).await.context("warm-up ping")?;
-    let idle = ping_samples(nodes).await.context("idle pings")?;
-
+/// Measures [`PING_SAMPLES`] pings while `streams` bulk streams keep
+/// transferring on `path`, each restarted as soon as it finishes.
+async fn loaded_row(
+    nodes: &Nodes,
+    streams: usize,
+    path: BulkPath,
+    condition: String,
+) -> anyhow::Result<LatencyRow> {
     let stop = Arc::new(AtomicBool::new(false));
     let load_chunks: Vec<Bytes> = payload_chunks()
         .into_iter()
         .take(LOAD_STREAM_BYTES / CHUNK_BYTES)
         .collect();
-    let background = (0..LOAD_STREAMS).map(|_| {
+    let background = (0..streams).map(|_| {
         let stop = stop.clone();
         let load_chunks = load_chunks.clone();
         async move {
-            let mut transferred = 0usize;
+            let mut transferred = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                bulk_transfer(nodes, &load_chunks).await?;
-                transferred += LOAD_STREAM_BYTES;
+                transferred += bulk_transfer_on(nodes, &load_chunks, path).await?;
             }
             anyhow::Ok(transferred)
         }
     });
     let load = futures::future::try_join_all(background);
+    let started = Instant::now();
     let measured = async {
         let samples = ping_samples(nodes).await;
         stop.store(true, Ordering::Relaxed);
         samples
     };
-    let (loaded, transferred) = tokio::join!(measured, load);
-    let loaded = loaded.context("pings under load")?;
-    let transferred: usize = transferred.context("background bulk load")?.iter().sum();
+    let (pings, transferred) = tokio::join!(measured, load);
+    // The load streams finish the transfer in progress after `stop`, so the
+    // rate counts those bytes over the time they took.
+    let elapsed = started.elapsed();
+    let pings = pings.with_context(|| format!("pings with {condition}"))?;
+    let transferred: u64 = transferred
+        .with_context(|| format!("background load of {condition}"))?
+        .iter()
+        .sum();
+    Ok(LatencyRow {
+        condition,
+        pings,
+        load_mib_per_second: Some(transferred as f64 / elapsed.as_secs_f64() / MIB),
+    })
+}
+
+async fn ping_latency_table(nodes: &Nodes) -> anyhow::Result<()> {
+    // Warm both connections so no sample includes a handshake.
+    ping_once(nodes, 0).await.context("warm-up ping")?;
+    bulk_transfer(nodes, &payload_chunks()[..1])
+        .await
+        .context("warm-up bulk stream")?;
+
+    let mut rows = vec![LatencyRow {
+        condition: "idle".to_owned(),
+        pings: ping_samples(nodes).await.context("idle pings")?,
+        load_mib_per_second: None,
+    }];
+    for streams in BULK_STREAM_COUNTS {
+        let condition = format!("{streams} bulk streams, bulk connection");
+        rows.push(loaded_row(nodes, streams, BulkPath::BulkConnection, condition).await?);
+    }
+    for streams in SHARED_CONNECTION_STREAM_COUNTS {
+        let condition = format!("{streams} bulk streams, RPC connection");
+        rows.push(loaded_row(nodes, streams, BulkPath::RpcConnection, condition).await?);
+    }
 
     println!();
     println!("ping RPC round trip, one stream per call, {PING_SAMPLES} calls per row (ms)");
-    println!("{:<28} {:>9} {:>9} {:>9}", "condition", "p50", "p99", "max");
-    print_row("idle connection", &idle);
-    print_row(&format!("{LOAD_STREAMS} bulk streams running"), &loaded);
     println!(
-        "(background load moved {} MiB during the loaded row)",
-        transferred / (1024 * 1024)
+        "lost: packets the RPC connection declared lost; slow: pings over {SLOW_PING:?} \
+         (of those, pings that saw a loss)"
     );
+    println!(
+        "{:<36} {:>7} {:>7} {:>7} {:>10} {:>7} {:>10}",
+        "condition", "p50", "p99", "max", "bulk MiB/s", "lost", "slow"
+    );
+    for row in &rows {
+        print_row(row);
+    }
     Ok(())
 }
 

@@ -1,14 +1,22 @@
-//! One outgoing connection per peer, dialed on demand and shared.
+//! Outgoing connections, one per peer and stream kind, dialed on demand and
+//! shared.
 //!
-//! Each peer node id maps to either a dial in progress or an established
-//! connection. Callers that ask for a peer while it is being dialed wait for
-//! that same dial, so a burst of calls to a peer makes one handshake. The
-//! dial runs in its own task and stores its result in the cache itself, so a
-//! caller that gives up early does not abandon the dial for the others.
+//! Each (peer node id, [`StreamKind`]) pair maps to either a dial in
+//! progress or an established connection. Control RPCs and bulk transfers
+//! to the same peer therefore run on two connections, each with its own
+//! congestion controller, flow-control windows and send buffer. Bulk data
+//! waiting in the bulk connection's send buffer or congestion window thus
+//! holds back no control RPC, though both still share the UDP socket.
+//!
+//! Callers that ask for a pair while it is being dialed wait for that same
+//! dial, so a burst of calls makes one handshake per kind. The dial runs in
+//! its own task and stores its result in the cache itself, so a caller that
+//! gives up early does not abandon the dial for the others.
 //!
 //! A cached connection that quinn reports closed (by the peer, idle timeout,
-//! or a TLS alert) is replaced by a new dial on the next request, and so is
-//! one whose peer is requested at a different address.
+//! or a TLS alert) is replaced by a new dial on the next request. When a
+//! peer is requested at a different address, every connection cached for
+//! that peer at the old address is closed, whatever its kind.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::TransportError;
+use crate::stream::StreamKind;
 use crate::tls::{peer_node_id, ClientTls, ServerRejection, DIAL_SERVER_NAME};
 
 /// The peer named in errors of a dial that accepts any cluster node.
@@ -75,6 +84,10 @@ impl DialError {
 
 type SharedDial = Shared<BoxFuture<'static, Result<quinn::Connection, DialError>>>;
 
+/// The cache key: a peer node id and the kind of streams the connection
+/// carries.
+type Key = (String, StreamKind);
+
 enum Entry {
     Dialing {
         addr: SocketAddr,
@@ -85,6 +98,14 @@ enum Entry {
         addr: SocketAddr,
         connection: quinn::Connection,
     },
+}
+
+impl Entry {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Dialing { addr, .. } | Self::Connected { addr, .. } => *addr,
+        }
+    }
 }
 
 /// The parts of the endpoint that a dial uses.
@@ -135,7 +156,7 @@ impl Dialer {
 
 /// The connection cache of one endpoint.
 pub(crate) struct ConnectionCache {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<Key, Entry>>,
     next_dial_id: AtomicU64,
     dialer: Dialer,
 }
@@ -149,22 +170,25 @@ impl ConnectionCache {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
         // Critical sections only move map entries and cannot leave the map
         // half-updated, so a lock poisoned by a panicking thread is usable.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Returns the cached connection to `peer` at `addr`, dialing it if there
-    /// is none, the cached one is closed, or it goes to another address.
+    /// Returns the cached connection for streams of `kind` to `peer` at
+    /// `addr`, dialing it if there is none, the cached one is closed, or it
+    /// goes to another address.
     pub(crate) async fn connection(
         self: &Arc<Self>,
         peer: &str,
+        kind: StreamKind,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, TransportError> {
         let dial = {
             let mut entries = self.lock();
-            match entries.get(peer) {
+            let key = (peer.to_owned(), kind);
+            match entries.get(&key) {
                 Some(Entry::Connected {
                     addr: cached_addr,
                     connection,
@@ -176,24 +200,9 @@ impl ConnectionCache {
                     dial,
                     ..
                 }) if *dialing_addr == addr => dial.clone(),
-                existing => {
-                    if let Some(Entry::Connected {
-                        addr: cached_addr,
-                        connection,
-                    }) = existing
-                    {
-                        if *cached_addr != addr {
-                            tracing::debug!(
-                                peer,
-                                old_addr = %cached_addr,
-                                new_addr = %addr,
-                                "peer address changed; replacing cached connection"
-                            );
-                            connection
-                                .close(CLOSE_CODE_ADDRESS_CHANGED.into(), b"peer address changed");
-                        }
-                    }
-                    self.start_dial(&mut entries, peer, addr)
+                _ => {
+                    drop_other_addresses(&mut entries, peer, addr);
+                    self.start_dial(&mut entries, key, addr)
                 }
             }
         };
@@ -201,22 +210,23 @@ impl ConnectionCache {
             .map_err(|error| error.into_transport_error(peer, addr))
     }
 
-    /// Spawns a dial to `peer` and records it in `entries`.
+    /// Spawns a dial for `key` and records it in `entries`.
     fn start_dial(
         self: &Arc<Self>,
-        entries: &mut HashMap<String, Entry>,
-        peer: &str,
+        entries: &mut HashMap<Key, Entry>,
+        key: Key,
         addr: SocketAddr,
     ) -> SharedDial {
         let dial_id = self.next_dial_id.fetch_add(1, Ordering::Relaxed);
         let cache = Arc::downgrade(self);
         let dialer = self.dialer.clone();
-        let peer_owned = peer.to_owned();
-        tracing::debug!(peer, %addr, "dialing peer");
+        let (peer, kind) = &key;
+        tracing::debug!(peer, ?kind, %addr, "dialing peer");
 
+        let task_key = key.clone();
         let task = self.dialer.tasks.spawn(async move {
-            let result = dialer.dial(Some(&peer_owned), addr).await;
-            finish_dial(&cache, &peer_owned, addr, dial_id, &result);
+            let result = dialer.dial(Some(&task_key.0), addr).await;
+            finish_dial(&cache, &task_key, addr, dial_id, &result);
             result
         });
         let dial = async move {
@@ -228,7 +238,7 @@ impl ConnectionCache {
         .shared();
 
         entries.insert(
-            peer.to_owned(),
+            key,
             Entry::Dialing {
                 addr,
                 dial_id,
@@ -263,20 +273,26 @@ impl ConnectionCache {
         }
     }
 
-    /// Drops the cached connection to `peer` if it is the one with
-    /// `stable_id`, so the next request dials again.
-    pub(crate) fn invalidate(&self, peer: &str, stable_id: Option<usize>) {
+    /// Drops cached connections to `peer` so the next request dials again.
+    /// `kind` selects one stream kind's entry, and `None` selects every
+    /// kind. With `stable_id`, only a connection with that id is dropped.
+    pub(crate) fn invalidate(
+        &self,
+        peer: &str,
+        kind: Option<StreamKind>,
+        stable_id: Option<usize>,
+    ) {
         let mut entries = self.lock();
-        let matches = match entries.get(peer) {
-            Some(Entry::Connected { connection, .. }) => {
-                stable_id.is_none_or(|id| id == connection.stable_id())
-            }
-            Some(Entry::Dialing { .. }) => stable_id.is_none(),
-            None => false,
-        };
-        if matches {
-            entries.remove(peer);
-        }
+        entries.retain(|(entry_peer, entry_kind), entry| {
+            let selected = entry_peer == peer && kind.is_none_or(|kind| kind == *entry_kind);
+            let matches = match entry {
+                Entry::Connected { connection, .. } => {
+                    stable_id.is_none_or(|id| id == connection.stable_id())
+                }
+                Entry::Dialing { .. } => stable_id.is_none(),
+            };
+            !(selected && matches)
+        });
     }
 
     /// Empties the cache. Connections close when their last user drops them
@@ -286,24 +302,50 @@ impl ConnectionCache {
     }
 }
 
+/// Removes every entry of `peer` at an address other than `addr` and closes
+/// its connection, because the peer has moved to `addr`.
+fn drop_other_addresses(entries: &mut HashMap<Key, Entry>, peer: &str, addr: SocketAddr) {
+    entries.retain(|(entry_peer, kind), entry| {
+        if entry_peer != peer || entry.addr() == addr {
+            return true;
+        }
+        if let Entry::Connected {
+            addr: old_addr,
+            connection,
+        } = entry
+        {
+            tracing::debug!(
+                peer,
+                ?kind,
+                %old_addr,
+                new_addr = %addr,
+                "peer address changed; closing cached connection"
+            );
+            connection.close(CLOSE_CODE_ADDRESS_CHANGED.into(), b"peer address changed");
+        }
+        false
+    });
+}
+
 /// Stores the outcome of dial `dial_id` unless a newer dial replaced it.
 fn finish_dial(
     cache: &Weak<ConnectionCache>,
-    peer: &str,
+    key: &Key,
     addr: SocketAddr,
     dial_id: u64,
     result: &Result<quinn::Connection, DialError>,
 ) {
+    let (peer, kind) = key;
     match result {
-        Ok(_) => tracing::debug!(peer, %addr, "connected to peer"),
-        Err(error) => tracing::debug!(peer, %addr, ?error, "failed to dial peer"),
+        Ok(_) => tracing::debug!(peer, ?kind, %addr, "connected to peer"),
+        Err(error) => tracing::debug!(peer, ?kind, %addr, ?error, "failed to dial peer"),
     }
     let Some(cache) = cache.upgrade() else {
         return;
     };
     let mut entries = cache.lock();
     let current = matches!(
-        entries.get(peer),
+        entries.get(key),
         Some(Entry::Dialing { dial_id: id, .. }) if *id == dial_id
     );
     if !current {
@@ -312,7 +354,7 @@ fn finish_dial(
     match result {
         Ok(connection) => {
             entries.insert(
-                peer.to_owned(),
+                key.clone(),
                 Entry::Connected {
                     addr,
                     connection: connection.clone(),
@@ -320,7 +362,7 @@ fn finish_dial(
             );
         }
         Err(_) => {
-            entries.remove(peer);
+            entries.remove(key);
         }
     }
 }

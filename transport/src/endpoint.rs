@@ -28,9 +28,9 @@ const CLOSE_CODE_SHUTDOWN: u32 = 0;
 ///
 /// It accepts connections from peers with a certificate from the cluster CA
 /// (see [`Endpoint::serve`]) and dials peers, keeping one cached connection
-/// per peer node id (see [`Endpoint::connection`]). Cloning is cheap and
-/// every clone is the same endpoint. When the last clone is dropped the
-/// endpoint closes as with [`Endpoint::close`].
+/// per peer node id and stream kind (see [`Endpoint::connection_for`]).
+/// Cloning is cheap and every clone is the same endpoint. When the last
+/// clone is dropped the endpoint closes as with [`Endpoint::close`].
 #[derive(Clone)]
 pub struct Endpoint {
     inner: Arc<Inner>,
@@ -128,6 +128,12 @@ impl Endpoint {
         &self.inner.node_id
     }
 
+    /// Returns the number of connections open on this endpoint, the ones
+    /// peers dialed and the ones this node dialed.
+    pub fn open_connections(&self) -> usize {
+        self.inner.quinn.open_connections()
+    }
+
     /// Returns the configuration the endpoint was bound with.
     pub fn config(&self) -> &TransportConfig {
         &self.inner.config
@@ -158,27 +164,42 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Returns the connection to node `peer_id` at `addr`, dialing it when
-    /// none is cached, the cached one has closed, or it goes to another
-    /// address.
-    ///
-    /// Concurrent calls for the same peer share one dial. The dial fails
-    /// unless the server proves, with a certificate from the cluster CA, that
-    /// it is `peer_id`.
-    ///
-    /// NOTE: with TLS 1.3 the client finishes its handshake before the server
-    /// has checked the client certificate, so when the peer rejects this
-    /// node's certificate the dial succeeds and the first stream fails with
-    /// [`TransportError::ConnectionLost`] or a stream error.
+    /// Returns the cached connection for control RPC streams to node
+    /// `peer_id` at `addr`, as [`Endpoint::connection_for`] does with
+    /// [`StreamKind::Rpc`].
     pub async fn connection(
         &self,
         peer_id: &str,
         addr: SocketAddr,
     ) -> Result<quinn::Connection, TransportError> {
+        self.connection_for(peer_id, addr, StreamKind::Rpc).await
+    }
+
+    /// Returns the cached connection that carries streams of `kind` to node
+    /// `peer_id` at `addr`, dialing it when none is cached, the cached one
+    /// has closed, or it goes to another address.
+    ///
+    /// Each kind has its own connection to a peer, so bulk data waiting in
+    /// the bulk connection's send buffer and congestion window never holds
+    /// back a control RPC on the other one. Concurrent calls for the same
+    /// peer and kind share one dial. Every dial, whatever the kind, fails
+    /// unless the server proves, with a certificate from the cluster CA,
+    /// that it is `peer_id`.
+    ///
+    /// NOTE: with TLS 1.3 the client finishes its handshake before the server
+    /// has checked the client certificate, so when the peer rejects this
+    /// node's certificate the dial succeeds and the first stream fails with
+    /// [`TransportError::ConnectionLost`] or a stream error.
+    pub async fn connection_for(
+        &self,
+        peer_id: &str,
+        addr: SocketAddr,
+        kind: StreamKind,
+    ) -> Result<quinn::Connection, TransportError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(TransportError::EndpointClosed);
         }
-        self.inner.cache.connection(peer_id, addr).await
+        self.inner.cache.connection(peer_id, kind, addr).await
     }
 
     /// Dials `addr` and accepts whichever cluster node responds, as long as
@@ -199,14 +220,16 @@ impl Endpoint {
         Ok((PeerId::new(&node_id), connection))
     }
 
-    /// Drops the cached connection to `peer_id`, if any, so the next request
-    /// dials again. Open streams on it keep working.
+    /// Drops the cached connections to `peer_id` (of every stream kind), if
+    /// any, so the next request dials again. Open streams on them keep
+    /// working.
     pub fn invalidate(&self, peer_id: &str) {
-        self.inner.cache.invalidate(peer_id, None);
+        self.inner.cache.invalidate(peer_id, None, None);
     }
 
-    /// Opens a bidirectional stream of `kind` to `peer_id` and sends the kind
-    /// byte.
+    /// Opens a bidirectional stream of `kind` to `peer_id`, on the cached
+    /// connection for that kind (see [`Endpoint::connection_for`]), and sends
+    /// the kind byte.
     ///
     /// When the cached connection turns out to be dead, it is dropped and the
     /// peer is dialed once more before the error is returned. Waiting for a
@@ -219,14 +242,14 @@ impl Endpoint {
         addr: SocketAddr,
         kind: StreamKind,
     ) -> Result<(SendStream, RecvStream), TransportError> {
-        let connection = self.connection(peer_id, addr).await?;
+        let connection = self.connection_for(peer_id, addr, kind).await?;
         let streams = match self.open_on(&connection, peer_id, kind).await {
             Err(TransportError::ConnectionLost { source, .. }) => {
-                tracing::debug!(peer = peer_id, %addr, error = %source, "cached connection lost; dialing again");
+                tracing::debug!(peer = peer_id, ?kind, %addr, error = %source, "cached connection lost; dialing again");
                 self.inner
                     .cache
-                    .invalidate(peer_id, Some(connection.stable_id()));
-                let connection = self.connection(peer_id, addr).await?;
+                    .invalidate(peer_id, Some(kind), Some(connection.stable_id()));
+                let connection = self.connection_for(peer_id, addr, kind).await?;
                 self.open_on(&connection, peer_id, kind).await?
             }
             other => other?,

@@ -22,9 +22,14 @@
 //!
 //! # Streams
 //!
-//! One connection per peer is cached and shared ([`Endpoint::connection`]).
-//! Every bidirectional stream starts with one byte naming its
-//! [`StreamKind`]:
+//! Two connections per peer are cached and shared, one for each
+//! [`StreamKind`] ([`Endpoint::connection_for`]). Each has its own
+//! congestion controller, flow-control windows and send buffer, so bulk
+//! data waiting to be sent never holds back a control RPC to the same peer
+//! (the two still share the UDP socket and the CPU). Both are dialed and
+//! authenticated the same way, and the accepting side serves both kinds of
+//! streams on any connection. Every bidirectional stream starts with one
+//! byte naming its kind:
 //!
 //! ```text
 //! Rpc:  0x01 | length-delimited postcard frames of one tarpc exchange
@@ -32,10 +37,16 @@
 //! ```
 //!
 //! Each control RPC call opens its own stream ([`Endpoint::rpc_transport`],
-//! [`serve_tarpc_stream`]), so calls never wait behind one another, and
-//! RPC streams are sent at a higher priority than bulk streams so a large
-//! transfer does not delay a heartbeat. Bulk streams carry chunked
-//! transfers with the helpers in [`frame`].
+//! [`serve_tarpc_stream`]), so calls never wait behind one another. RPC
+//! streams are also sent at a higher priority than bulk streams, which
+//! orders them on a connection that carries both kinds, such as one from
+//! [`Endpoint::connection_any`]. Bulk streams carry chunked transfers with
+//! the helpers in [`frame`].
+//!
+//! NOTE: both connections to a peer share the endpoint's UDP socket. Under
+//! bulk load its receive buffer can overflow, and a control packet dropped
+//! there is sent again only after quinn's probe timeout: the round-trip
+//! time plus the peer's maximum ACK delay, 25 ms in quinn 0.11.
 //!
 //! # Failures
 //!

@@ -7,9 +7,13 @@ use crate::error::TransportError;
 
 /// Send priority of RPC streams.
 ///
-/// quinn sends data of higher-priority streams first, so a control RPC
-/// (Raft heartbeat, ping) does not queue behind bulk chunks on the same
-/// connection.
+/// quinn packs data of higher-priority streams into the next packet first.
+/// That orders only data already in the connection's send buffer. On a
+/// connection busy with bulk data, an RPC write still waits for room in
+/// that buffer and its packets for room in the congestion window, which is
+/// why the endpoint caches a separate connection per stream kind. The
+/// priority matters where one connection carries both kinds, as one from
+/// `Endpoint::connection_any` may.
 const RPC_STREAM_PRIORITY: i32 = 1;
 
 /// Send priority of bulk streams, below [`RPC_STREAM_PRIORITY`].

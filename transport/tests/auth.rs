@@ -5,8 +5,8 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{caller_id, echo, expired_validity, loopback, start_node, CertDirs};
-use dispotify_transport::{TlsIdentity, TransportError};
+use common::{caller_id, echo, expired_validity, loopback, send_bulk, start_node, CertDirs};
+use dispotify_transport::{StreamKind, TlsIdentity, TransportError};
 use rustls::pki_types::CertificateDer;
 
 /// Returns the node id in the certificate the server of `connection` sent.
@@ -141,6 +141,43 @@ async fn dial_rejects_wrong_node_id() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn bulk_dial_rejects_wrong_node_id() -> anyhow::Result<()> {
+    let certs = CertDirs::new()?;
+    let ca = certs.ca("ca")?;
+    let a = start_node(&certs.node(&ca, "a", "a")?, "a", loopback())?;
+    let b = start_node(&certs.node(&ca, "b", "b")?, "b", loopback())?;
+
+    let err = a
+        .endpoint
+        .open_stream("c", b.addr(), StreamKind::Bulk)
+        .await
+        .unwrap_err();
+    match err {
+        TransportError::PeerIdentityMismatch {
+            expected,
+            presented,
+            ..
+        } => {
+            assert_eq!(expected, "c");
+            assert_eq!(presented, "b");
+        }
+        other => panic!("expected PeerIdentityMismatch, got {other:?}"),
+    }
+    assert_eq!(b.counts.bulk_streams.load(Ordering::SeqCst), 0);
+
+    eprintln!("phase: the bulk connection to the right id proves both sides");
+    let bulk = a
+        .endpoint
+        .connection_for("b", b.addr(), StreamKind::Bulk)
+        .await?;
+    assert_eq!(server_node_id(&bulk), "b");
+    let receipt = send_bulk(&a.endpoint, "b", b.addr(), 9, 2, 1024).await?;
+    assert_eq!(receipt.first_bad_chunk, None);
+    assert_eq!(b.counts.bulk_peers()?, vec!["a".to_owned()]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn server_from_other_ca_is_rejected() -> anyhow::Result<()> {
     let certs = CertDirs::new()?;
     let ca = certs.ca("ca")?;
@@ -195,6 +232,18 @@ async fn client_from_other_ca_is_rejected() -> anyhow::Result<()> {
     let err = result.expect_err("a client with a certificate from another CA must be rejected");
     eprintln!("rejected as expected: {err:#}");
     assert_eq!(b.counts.rpc_streams.load(Ordering::SeqCst), 0);
+
+    eprintln!("phase: its bulk connection is rejected the same way");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        send_bulk(&rogue_a.endpoint, "b", b.addr(), 1, 1, 1024),
+    )
+    .await?;
+    assert!(
+        result.is_err(),
+        "a bulk stream from another CA's client must fail"
+    );
+    assert_eq!(b.counts.bulk_streams.load(Ordering::SeqCst), 0);
 
     let reason = close_reason(&rogue_a.endpoint, "b", b.addr()).await;
     assert_tls_alert(&reason);

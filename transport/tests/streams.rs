@@ -65,6 +65,9 @@ async fn bulk_streams_do_not_block_rpc() -> anyhow::Result<()> {
     /// builds on a loaded CI machine are slow, so this only catches pings
     /// that wait for the bulk transfer to finish.
     const MAX_PING_LATENCY: Duration = Duration::from_secs(2);
+    /// Upper bound on what the RPC connection may send: the pings, not the
+    /// 64 MiB of bulk data.
+    const MAX_RPC_CONNECTION_BYTES: u64 = 1024 * 1024;
 
     let certs = CertDirs::new()?;
     let (a, b) = two_nodes(&certs)?;
@@ -123,6 +126,31 @@ async fn bulk_streams_do_not_block_rpc() -> anyhow::Result<()> {
     assert!(
         slowest_ping < MAX_PING_LATENCY,
         "slowest ping took {slowest_ping:?}"
+    );
+
+    eprintln!("phase: the bulk data went on the bulk connection, not the RPC one");
+    let rpc_sent_bytes = a
+        .endpoint
+        .connection("b", b_addr)
+        .await?
+        .stats()
+        .udp_tx
+        .bytes;
+    let bulk_sent_bytes = a
+        .endpoint
+        .connection_for("b", b_addr, StreamKind::Bulk)
+        .await?
+        .stats()
+        .udp_tx
+        .bytes;
+    assert!(
+        bulk_sent_bytes >= total_bytes,
+        "the bulk connection sent {bulk_sent_bytes} bytes of {total_bytes}"
+    );
+    // Pings and acknowledgements are a few hundred bytes each.
+    assert!(
+        rpc_sent_bytes < MAX_RPC_CONNECTION_BYTES,
+        "the RPC connection sent {rpc_sent_bytes} bytes during the bulk transfer"
     );
     Ok(())
 }

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -84,6 +84,19 @@ pub fn fill_chunk(seed: u64, index: u32, buffer: &mut [u8]) {
 pub struct HandlerCounts {
     pub rpc_streams: AtomicUsize,
     pub bulk_streams: AtomicUsize,
+    /// The peer id the handler was given with each bulk stream, in order.
+    bulk_peers: Mutex<Vec<String>>,
+}
+
+impl HandlerCounts {
+    /// Returns the peer ids of the bulk streams handled so far.
+    pub fn bulk_peers(&self) -> anyhow::Result<Vec<String>> {
+        let peers = self
+            .bulk_peers
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a handler panicked while recording a bulk peer"))?;
+        Ok(peers.clone())
+    }
 }
 
 /// An accepted bulk stream handed to the test instead of the receiver.
@@ -111,6 +124,9 @@ impl IncomingHandler for TestHandler {
 
     fn bulk<'a>(&'a self, peer: PeerId, send: SendStream, recv: RecvStream) -> BoxFuture<'a, ()> {
         self.counts.bulk_streams.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut peers) = self.counts.bulk_peers.lock() {
+            peers.push(peer.to_string());
+        }
         Box::pin(async move {
             if let Some(sink) = &self.bulk_sink {
                 let _ = sink.send((peer, send, recv)).await;
