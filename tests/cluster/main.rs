@@ -376,22 +376,26 @@ async fn wait_for_full_replica_set(
     file_id: &str,
     count: usize,
 ) -> Result<usize> {
-    let url = cluster.nodes[0].url(&format!("/music/tracks/{file_id}"));
+    // Every node must have applied the full replica set, not only the
+    // uploader: a node that lags would answer 404 for the track.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let replicas = loop {
-        let track: Value = cluster.http.get(&url).send().await?.json().await?;
-        let replicas: Vec<String> = track["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.as_str().map(String::from))
-            .collect();
-        if replicas.len() == count {
-            break replicas;
+        let mut seen = Vec::new();
+        for index in 0..cluster.nodes.len() {
+            seen.push(
+                track_replicas(cluster, index, file_id)
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        if seen.iter().all(|replicas| replicas.len() == count)
+            && seen.windows(2).all(|w| w[0] == w[1])
+        {
+            break seen.swap_remove(0);
         }
         ensure!(
             std::time::Instant::now() < deadline,
-            "replica set still {replicas:?} after 20 s"
+            "replica sets per node still {seen:?} after 20 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
