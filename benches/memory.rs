@@ -23,6 +23,11 @@
 //!    RSS into `RssAnon` and `RssFile` and prints the sizes of the Raft
 //!    log and catalog files. Target: [`CATALOG_TARGET_BYTES`].
 //!
+//! `DISPOTIFY_BENCH_PARTS=1` or `=2` runs one part only, and
+//! `DISPOTIFY_BENCH_NODE_BINARY=PATH` runs another build of the node, so
+//! that two builds can be compared one after the other. The bench prints
+//! the load average at the start and end of each part.
+//!
 //! The peak of a phase is `VmHWM`, reset at the start of the phase by
 //! writing `5` to `/proc/<pid>/clear_refs` (Linux 4.0 and later), and
 //! cross-checked with the highest `VmRSS` sampled every
@@ -33,12 +38,10 @@
 //! it sends and receives, so on a small machine it competes with them for
 //! CPU. Figures depend on the machine and on what else runs on it.
 
-use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -46,13 +49,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use futures::StreamExt as _;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tokio_util::io::ReaderStream;
+
+use support::{
+    load_average, print_table, stream_body, upload_file, wait_for_replicas, wave_header,
+    write_noise_wav, BenchCluster, PcmFormat, SplitMix64, POLL_INTERVAL,
+};
 
 /// Size of the generated large file: about 100 minutes of CD-quality WAV,
 /// half the default upload limit.
 const LARGE_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Seed of the large file's samples, fixed so every run uploads the same file.
+const LARGE_FILE_SEED: u64 = 0x5eed_1a26e;
 
 /// Nodes of the large-file cluster: one more than the replication factor,
 /// so one node streams the file without holding a replica.
@@ -76,6 +84,9 @@ const DEFAULT_TRACK_COUNT: usize = 30_000;
 /// Environment variable that sets the track count for a quicker run.
 const TRACK_COUNT_ENV: &str = "DISPOTIFY_BENCH_TRACKS";
 
+/// Environment variable that selects the parts to run: `1`, `2` or `1,2`.
+const PARTS_ENV: &str = "DISPOTIFY_BENCH_PARTS";
+
 /// Tiny uploads in flight at once during the catalog-scale part.
 const UPLOADS_IN_FLIGHT: usize = 16;
 
@@ -95,30 +106,8 @@ const TINY_ARTISTS: usize = 500;
 /// Distinct album names among the tiny files.
 const TINY_ALBUMS: usize = 3_000;
 
-/// Bytes written per block when generating the large file.
-const WRITE_BLOCK_BYTES: usize = 1024 * 1024;
-
-/// Read size of the streamed upload body.
-const UPLOAD_READ_BYTES: usize = 256 * 1024;
-
 /// Interval between `VmRSS` samples.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// How long a cluster may take to elect a leader and get every node ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Deadline of the large upload and of each large stream-back.
-const LARGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-
-/// Deadline of every other request.
-const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long the replicas outside the write quorum may take to store the
-/// large file after the upload returned.
-const REPLICATION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-
-/// Interval between two checks of a condition the bench waits for.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long followers may take to apply the last tiny upload.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -172,30 +161,75 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> Result<()> {
+    let parts = parts()?;
     let track_count = track_count()?;
 
-    let started = Instant::now();
-    let large = large_file_part().await?;
-    let large_elapsed = started.elapsed();
-    print_large_file_report(&large);
-    println!(
-        "part 1 took {:.0} s, of which {:.0} s removing the cluster's directory",
-        large_elapsed.as_secs_f64(),
-        large.cleanup_elapsed.as_secs_f64()
-    );
+    let mut large = None;
+    if parts.large_file {
+        println!("part 1 starts at load average {}", load_average());
+        let started = Instant::now();
+        let report = large_file_part().await?;
+        let elapsed = started.elapsed();
+        print_large_file_report(&report);
+        println!(
+            "part 1 took {:.0} s, of which {:.0} s removing the cluster's directory; \
+             load average {} at its end",
+            elapsed.as_secs_f64(),
+            report.cleanup_elapsed.as_secs_f64(),
+            load_average()
+        );
+        large = Some(report);
+    }
 
-    let started = Instant::now();
-    let catalog = catalog_part(track_count).await?;
-    let catalog_elapsed = started.elapsed();
-    print_catalog_report(&catalog);
-    println!(
-        "part 2 took {:.0} s, of which {:.0} s removing the cluster's directory",
-        catalog_elapsed.as_secs_f64(),
-        catalog.cleanup_elapsed.as_secs_f64()
-    );
+    let mut catalog = None;
+    if parts.catalog {
+        println!();
+        println!("part 2 starts at load average {}", load_average());
+        let started = Instant::now();
+        let report = catalog_part(track_count).await?;
+        let elapsed = started.elapsed();
+        print_catalog_report(&report);
+        println!(
+            "part 2 took {:.0} s, of which {:.0} s removing the cluster's directory; \
+             load average {} at its end",
+            elapsed.as_secs_f64(),
+            report.cleanup_elapsed.as_secs_f64(),
+            load_average()
+        );
+        catalog = Some(report);
+    }
 
-    print_verdicts(&large, &catalog);
+    print_verdicts(large.as_ref(), catalog.as_ref());
     Ok(())
+}
+
+/// The parts of the bench to run.
+struct Parts {
+    large_file: bool,
+    catalog: bool,
+}
+
+/// Reads [`PARTS_ENV`]: `1`, `2` or `1,2` (the default).
+fn parts() -> Result<Parts> {
+    let Some(value) = std::env::var_os(PARTS_ENV) else {
+        return Ok(Parts {
+            large_file: true,
+            catalog: true,
+        });
+    };
+    let text = value.to_string_lossy();
+    let mut parts = Parts {
+        large_file: false,
+        catalog: false,
+    };
+    for part in text.split(',') {
+        match part.trim() {
+            "1" => parts.large_file = true,
+            "2" => parts.catalog = true,
+            other => bail!("{PARTS_ENV}={text} names part {other:?}: expected 1, 2 or 1,2"),
+        }
+    }
+    Ok(parts)
 }
 
 fn track_count() -> Result<usize> {
@@ -249,28 +283,30 @@ async fn large_file_part() -> Result<LargeFileReport> {
     phase("part 1: write a 1 GiB WAV file");
     let started = Instant::now();
     let write_path = path.clone();
-    let expected_sha256 = tokio::task::spawn_blocking(move || write_large_wav(&write_path))
-        .await
-        .context("join the file writer")??;
+    let expected_sha256 = tokio::task::spawn_blocking(move || {
+        write_noise_wav(&write_path, LARGE_FILE_BYTES, LARGE_FILE_SEED)
+    })
+    .await
+    .context("join the file writer")??;
     let generate_elapsed = started.elapsed();
 
     phase("part 1: start 4 nodes with replication factor 3");
     let extra = [format!("--max-upload-bytes={MAX_UPLOAD_BYTES}")];
-    let mut cluster = BenchCluster::start(LARGE_CLUSTER_NODES, &extra).await?;
+    let mut cluster = BenchCluster::start(LARGE_CLUSTER_NODES, REPLICATION_FACTOR, &extra).await?;
     cluster.wait_ready().await?;
 
     phase("part 1: upload through node1 as a streamed multipart body");
     let sampler = RssSampler::start(&cluster.pids())?;
     let started = Instant::now();
     let outcome = async {
-        let track = upload_large(&cluster, 0, &path).await?;
+        let track = upload_file(&cluster, 0, &path).await?;
         let upload_elapsed = started.elapsed();
         let file_id = track["file_id"].as_str().unwrap_or_default().to_string();
         ensure!(
             file_id == expected_sha256,
             "file_id {file_id} is not the SHA-256 of the file, {expected_sha256}"
         );
-        let replicas = wait_for_replicas(&cluster, 0, &file_id).await?;
+        let replicas = wait_for_replicas(&cluster, 0, &file_id, REPLICATION_FACTOR).await?;
         Ok((file_id, upload_elapsed, replicas))
     }
     .await;
@@ -284,7 +320,8 @@ async fn large_file_part() -> Result<LargeFileReport> {
     for index in 0..cluster.nodes.len() {
         let started = Instant::now();
         let url = cluster.nodes[index].url(&format!("/music/stream/{file_id}"));
-        let (size_bytes, sha256) = stream_and_hash(&cluster.client, &url).await?;
+        let (size_bytes, sha256) = stream_body(&cluster.client, &url, true).await?;
+        let sha256 = sha256.unwrap_or_default();
         stream_elapsed.push(started.elapsed());
         let id = &cluster.nodes[index].id;
         ensure!(
@@ -322,124 +359,6 @@ async fn large_file_part() -> Result<LargeFileReport> {
         replicated_elapsed,
         cleanup_elapsed,
     })
-}
-
-/// Writes a WAV file of exactly [`LARGE_FILE_BYTES`] in blocks and returns
-/// its SHA-256 in lowercase hex.
-fn write_large_wav(path: &Path) -> Result<String> {
-    let header_bytes = wave_header(PcmFormat::CD_STEREO, &[], 0).len() as u64;
-    let data_bytes = u32::try_from(LARGE_FILE_BYTES - header_bytes)
-        .context("the large file's data does not fit a RIFF chunk")?;
-    let header = wave_header(PcmFormat::CD_STEREO, &[], data_bytes);
-
-    let mut file = File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    file.write_all(&header)?;
-    hasher.update(&header);
-
-    let mut random = SplitMix64::new(0x5eed_1a26e);
-    let mut block = vec![0u8; WRITE_BLOCK_BYTES];
-    let mut remaining = u64::from(data_bytes);
-    while remaining > 0 {
-        let length = remaining.min(WRITE_BLOCK_BYTES as u64) as usize;
-        random.fill(&mut block[..length]);
-        file.write_all(&block[..length])
-            .with_context(|| format!("write {}", path.display()))?;
-        hasher.update(&block[..length]);
-        remaining -= length as u64;
-    }
-    file.sync_all()?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Uploads the file at `path` through node `index` with a body read from
-/// disk as it is sent, and returns the track JSON of a `201 Created`.
-async fn upload_large(cluster: &BenchCluster, index: usize, path: &Path) -> Result<Value> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("open {}", path.display()))?;
-    let size_bytes = file.metadata().await?.len();
-    let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, UPLOAD_READ_BYTES));
-    let part = reqwest::multipart::Part::stream_with_length(body, size_bytes)
-        .file_name("bench-1GiB.wav")
-        .mime_str("audio/wav")?;
-    let form = reqwest::multipart::Form::new().part("file", part);
-    let response = cluster
-        .client
-        .post(cluster.nodes[index].url("/music/upload"))
-        .timeout(LARGE_REQUEST_TIMEOUT)
-        .multipart(form)
-        .send()
-        .await
-        .context("send the large upload")?;
-    let status = response.status();
-    let body = response.text().await.context("read the upload response")?;
-    ensure!(
-        status == reqwest::StatusCode::CREATED,
-        "the large upload returned {status}: {body}"
-    );
-    serde_json::from_str(&body).context("parse the upload response")
-}
-
-/// Streams `url` to the end and returns the byte count and the SHA-256.
-async fn stream_and_hash(client: &reqwest::Client, url: &str) -> Result<(u64, String)> {
-    let response = client
-        .get(url)
-        .timeout(LARGE_REQUEST_TIMEOUT)
-        .send()
-        .await
-        .with_context(|| format!("request {url}"))?;
-    ensure!(
-        response.status() == reqwest::StatusCode::OK,
-        "{url} returned {}",
-        response.status()
-    );
-    let mut hasher = Sha256::new();
-    let mut size_bytes = 0u64;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.with_context(|| format!("read the body of {url}"))?;
-        size_bytes += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
-    Ok((size_bytes, hex::encode(hasher.finalize())))
-}
-
-/// Waits until node `index` lists [`REPLICATION_FACTOR`] replicas of the
-/// track and returns their node ids. The upload returns once a write
-/// quorum stored the file, and the remaining replicas finish later.
-async fn wait_for_replicas(
-    cluster: &BenchCluster,
-    index: usize,
-    file_id: &str,
-) -> Result<Vec<String>> {
-    let started = Instant::now();
-    loop {
-        let track = cluster
-            .json(index, &format!("/music/tracks/{file_id}"), &[])
-            .await?;
-        let replicas = replica_ids(&track);
-        if replicas.len() >= REPLICATION_FACTOR {
-            return Ok(replicas);
-        }
-        if started.elapsed() > REPLICATION_TIMEOUT {
-            bail!(
-                "{file_id} has replicas {replicas:?} after {REPLICATION_TIMEOUT:?}, \
-                 expected {REPLICATION_FACTOR}"
-            );
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-fn replica_ids(track: &Value) -> Vec<String> {
-    let Some(replicas) = track["replicas"].as_array() else {
-        return Vec::new();
-    };
-    replicas
-        .iter()
-        .filter_map(|replica| replica.as_str().map(str::to_string))
-        .collect()
 }
 
 fn print_large_file_report(report: &LargeFileReport) {
@@ -523,7 +442,7 @@ struct QueryRow {
 
 async fn catalog_part(track_count: usize) -> Result<CatalogReport> {
     phase("part 2: start 3 nodes with replication factor 3");
-    let mut cluster = BenchCluster::start(3, &[]).await?;
+    let mut cluster = BenchCluster::start(3, REPLICATION_FACTOR, &[]).await?;
     cluster.wait_ready().await?;
     let pids = cluster.pids();
     let empty = sample_at_rest(&pids).await?;
@@ -896,36 +815,39 @@ fn print_catalog_report(report: &CatalogReport) {
     );
 }
 
-fn print_verdicts(large: &LargeFileReport, catalog: &CatalogReport) {
-    let large_peak = large
-        .nodes
-        .iter()
-        .map(|node| node.upload_peak.bytes().max(node.stream_peak.bytes()))
-        .max()
-        .unwrap_or(0);
-    let catalog_peak = catalog
-        .nodes
-        .iter()
-        .map(|node| node.rest.last_sampled_bytes.max(node.queries.bytes()))
-        .max()
-        .unwrap_or(0);
-    println!();
-    println!("targets");
-    let rows = vec![
-        verdict_row(
+fn print_verdicts(large: Option<&LargeFileReport>, catalog: Option<&CatalogReport>) {
+    let mut rows = Vec::new();
+    if let Some(large) = large {
+        let large_peak = large
+            .nodes
+            .iter()
+            .map(|node| node.upload_peak.bytes().max(node.stream_peak.bytes()))
+            .max()
+            .unwrap_or(0);
+        rows.push(verdict_row(
             "1 GiB upload and stream-back, peak per node",
             large_peak,
             LARGE_FILE_TARGET_BYTES,
-        ),
-        verdict_row(
+        ));
+    }
+    if let Some(catalog) = catalog {
+        let catalog_peak = catalog
+            .nodes
+            .iter()
+            .map(|node| node.rest.last_sampled_bytes.max(node.queries.bytes()))
+            .max()
+            .unwrap_or(0);
+        rows.push(verdict_row(
             &format!(
                 "{} tracks, at rest and serving queries, per node",
                 catalog.track_count
             ),
             catalog_peak,
             CATALOG_TARGET_BYTES,
-        ),
-    ];
+        ));
+    }
+    println!();
+    println!("targets");
     print_table(
         &["target", "worst node MB", "target MB", "ratio", "met"],
         &rows,
@@ -945,339 +867,6 @@ fn verdict_row(label: &str, measured_bytes: u64, target_bytes: u64) -> Vec<Strin
         }
         .to_string(),
     ]
-}
-
-// ---------------------------------------------------------------------------
-// WAV files.
-
-/// The `fmt ` chunk of a PCM WAV file.
-#[derive(Clone, Copy)]
-struct PcmFormat {
-    channels: u16,
-    sample_rate_hz: u32,
-    bits_per_sample: u16,
-}
-
-impl PcmFormat {
-    const CD_STEREO: PcmFormat = PcmFormat {
-        channels: 2,
-        sample_rate_hz: 44_100,
-        bits_per_sample: 16,
-    };
-    const VOICE_MONO: PcmFormat = PcmFormat {
-        channels: 1,
-        sample_rate_hz: 8_000,
-        bits_per_sample: 16,
-    };
-}
-
-/// Builds a RIFF/WAVE header: the `fmt ` chunk, a `LIST` `INFO` chunk
-/// when `info` is not empty, and the header of a `data` chunk of
-/// `data_bytes`, which the caller writes next.
-fn wave_header(format: PcmFormat, info: &[([u8; 4], String)], data_bytes: u32) -> Vec<u8> {
-    let block_align = format.channels * format.bits_per_sample / 8;
-    let mut fmt = Vec::with_capacity(16);
-    fmt.extend_from_slice(&1u16.to_le_bytes());
-    fmt.extend_from_slice(&format.channels.to_le_bytes());
-    fmt.extend_from_slice(&format.sample_rate_hz.to_le_bytes());
-    fmt.extend_from_slice(&(format.sample_rate_hz * u32::from(block_align)).to_le_bytes());
-    fmt.extend_from_slice(&block_align.to_le_bytes());
-    fmt.extend_from_slice(&format.bits_per_sample.to_le_bytes());
-    let list = info_chunk(info);
-
-    let riff_bytes = 4 + (8 + fmt.len() as u32) + list.len() as u32 + 8 + data_bytes;
-    let mut header = Vec::with_capacity(64 + list.len());
-    header.extend_from_slice(b"RIFF");
-    header.extend_from_slice(&riff_bytes.to_le_bytes());
-    header.extend_from_slice(b"WAVE");
-    header.extend_from_slice(b"fmt ");
-    header.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
-    header.extend_from_slice(&fmt);
-    header.extend_from_slice(&list);
-    header.extend_from_slice(b"data");
-    header.extend_from_slice(&data_bytes.to_le_bytes());
-    header
-}
-
-/// Builds a `LIST` chunk of type `INFO` with NUL-terminated text fields,
-/// each padded to an even length. Returns nothing when `info` is empty.
-fn info_chunk(info: &[([u8; 4], String)]) -> Vec<u8> {
-    if info.is_empty() {
-        return Vec::new();
-    }
-    let mut body = b"INFO".to_vec();
-    for (id, text) in info {
-        let size = text.len() + 1;
-        body.extend_from_slice(id);
-        body.extend_from_slice(&(size as u32).to_le_bytes());
-        body.extend_from_slice(text.as_bytes());
-        body.push(0);
-        if size % 2 == 1 {
-            body.push(0);
-        }
-    }
-    let mut chunk = b"LIST".to_vec();
-    chunk.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    chunk.extend_from_slice(&body);
-    chunk
-}
-
-/// The SplitMix64 generator: fast and seeded, so every run generates the
-/// same sample bytes.
-struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, bytes: &mut [u8]) {
-        for chunk in bytes.chunks_mut(8) {
-            let value = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&value[..chunk.len()]);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Node processes.
-
-struct BenchNode {
-    id: String,
-    http: SocketAddr,
-    data_dir: PathBuf,
-    log_path: PathBuf,
-    child: Option<Child>,
-}
-
-impl BenchNode {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Kills the process with SIGKILL and reaps it.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for BenchNode {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A cluster of node processes in a temporary directory. Dropping it kills
-/// the nodes, then removes the directory.
-struct BenchCluster {
-    nodes: Vec<BenchNode>,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl BenchCluster {
-    /// Starts `node_count` nodes: node1 bootstraps, the others join
-    /// through it. `extra_args` go to every node.
-    async fn start(node_count: usize, extra_args: &[String]) -> Result<BenchCluster> {
-        let dir = tempfile::tempdir().context("create the cluster directory")?;
-        let ids: Vec<String> = (1..=node_count).map(|i| format!("node{i}")).collect();
-        let certs_root = dir.path().join("certs");
-        dispotify_certs::dev_certificates(&certs_root, &ids)?;
-
-        let mut nodes = Vec::new();
-        let mut seed = None;
-        for id in &ids {
-            let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
-            let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
-            let data_dir = dir.path().join(id);
-            std::fs::create_dir_all(&data_dir)?;
-            let mut args = vec![
-                "serve".to_string(),
-                format!("--id={id}"),
-                format!("--data-dir={}", data_dir.display()),
-                format!("--http={http}"),
-                format!("--quic={quic}"),
-                format!("--certs={}", certs_root.join(id).display()),
-                format!("--replication-factor={REPLICATION_FACTOR}"),
-            ];
-            match seed {
-                None => {
-                    args.push("--bootstrap".to_string());
-                    seed = Some(quic);
-                }
-                Some(seed) => args.push(format!("--seeds={seed}")),
-            }
-            args.extend_from_slice(extra_args);
-            let log_path = data_dir.join("node.log");
-            let child = spawn_node(&args, &log_path).with_context(|| format!("spawn {id}"))?;
-            nodes.push(BenchNode {
-                id: id.clone(),
-                http,
-                data_dir,
-                log_path,
-                child: Some(child),
-            });
-        }
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(SMALL_REQUEST_TIMEOUT)
-            .build()?;
-        Ok(BenchCluster {
-            nodes,
-            client,
-            _dir: dir,
-        })
-    }
-
-    /// Waits until every node returns 200 on `/ready` and lists every
-    /// member, failing early with its log when a node exits.
-    async fn wait_ready(&mut self) -> Result<()> {
-        let started = Instant::now();
-        for index in 0..self.nodes.len() {
-            loop {
-                if self.is_ready(index).await {
-                    break;
-                }
-                let node = &mut self.nodes[index];
-                let exited = match node.child.as_mut() {
-                    Some(child) => child.try_wait()?,
-                    None => None,
-                };
-                if let Some(status) = exited {
-                    bail!(
-                        "{} exited with {status}. Last log lines:\n{}",
-                        node.id,
-                        node.log_tail(40)
-                    );
-                }
-                if started.elapsed() > READY_TIMEOUT {
-                    bail!(
-                        "{} not ready after {READY_TIMEOUT:?}. Last log lines:\n{}",
-                        node.id,
-                        node.log_tail(40)
-                    );
-                }
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn is_ready(&self, index: usize) -> bool {
-        let ready = self
-            .client
-            .get(self.nodes[index].url("/ready"))
-            .send()
-            .await
-            .is_ok_and(|response| response.status().is_success());
-        if !ready {
-            return false;
-        }
-        match self.json(index, "/cluster/status", &[]).await {
-            Ok(status) => status["members"].as_array().map(Vec::len) == Some(self.nodes.len()),
-            Err(_) => false,
-        }
-    }
-
-    /// Sends a GET to node `index` and parses a `200 OK` JSON body.
-    async fn json(&self, index: usize, path: &str, query: &[(&str, String)]) -> Result<Value> {
-        let url = self.nodes[index].url(path);
-        let response = self
-            .client
-            .get(&url)
-            .query(query)
-            .send()
-            .await
-            .with_context(|| format!("request {url}"))?;
-        let status = response.status();
-        let body = response.text().await?;
-        ensure!(status.is_success(), "{url} returned {status}: {body}");
-        serde_json::from_str(&body).with_context(|| format!("parse the body of {url}"))
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.nodes
-            .iter()
-            .filter_map(|node| node.child.as_ref().map(Child::id))
-            .collect()
-    }
-
-    fn log_tails(&self) -> String {
-        let mut text = String::from("last log lines:");
-        for node in &self.nodes {
-            text.push_str(&format!("\n--- {}\n{}", node.id, node.log_tail(15)));
-        }
-        text
-    }
-
-    /// Kills the nodes, then removes the cluster's directory and returns
-    /// how long the removal took (minutes for tens of thousands of blobs on
-    /// a slow disk).
-    async fn remove(self) -> Result<Duration> {
-        let BenchCluster {
-            nodes, _dir: dir, ..
-        } = self;
-        drop(nodes);
-        let started = Instant::now();
-        tokio::task::spawn_blocking(move || dir.close())
-            .await
-            .context("join the directory removal")?
-            .context("remove the cluster's directory")?;
-        Ok(started.elapsed())
-    }
-}
-
-fn spawn_node(args: &[String], log_path: &Path) -> Result<Child> {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)?;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dispotify"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // The nodes take their settings from the flags alone. Only the log
-    // filter passes through from the bench's environment.
-    for (name, _) in std::env::vars_os() {
-        if is_node_setting(&name) {
-            command.env_remove(name);
-        }
-    }
-    Ok(command.spawn()?)
-}
-
-fn is_node_setting(name: &OsString) -> bool {
-    let name = name.to_string_lossy();
-    name.starts_with("DISPOTIFY_") && !name.starts_with("DISPOTIFY_LOG")
-}
-
-fn free_tcp_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn free_udp_port() -> Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 // ---------------------------------------------------------------------------
@@ -1400,26 +989,4 @@ fn ratio(measured: u64, target: u64) -> String {
 
 fn milliseconds(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// Prints rows under a header, each column as wide as its widest cell.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|cell| cell.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }

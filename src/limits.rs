@@ -12,6 +12,14 @@ pub const PUSH_STREAMS_PER_REPLICA: usize = 4;
 /// which bounds a stream's memory to this many chunks.
 pub const STREAM_BUFFER_CHUNKS: usize = 2;
 
+/// Bytes of verified chunks that a stream through a node without a local
+/// copy reads ahead of the HTTP response: 8 chunks of the default 1 MiB,
+/// and at least one chunk of any size. A task of its own reads and verifies
+/// them from the replica's bulk stream, so receiving and verifying overlap
+/// with sending to the client. Together with [`STREAM_BUFFER_CHUNKS`], it
+/// bounds the memory of one such stream.
+pub const STREAM_READ_AHEAD_BYTES: u64 = 8 * 1024 * 1024;
+
 /// How long an unfinished incoming replication may go without a chunk
 /// before its staging file is deleted.
 pub const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

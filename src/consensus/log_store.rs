@@ -14,7 +14,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Builder, Database, ReadableTable, TableDefinition};
 
 use super::{RaftId, TypeConfig};
 
@@ -22,6 +22,16 @@ use super::{RaftId, TypeConfig};
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Small records by name: the vote, the committed log id and the last purged log id.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Bytes of redb's page cache for the log. redb 2.6 keeps every page that a
+/// commit wrote in its read cache, which may use 90% of this size, and
+/// buffers uncommitted dirty pages in the rest, writing the oldest to the
+/// file early when they do not fit. With redb's default of 1 GiB the cache
+/// ends up holding most of the log file, tens of MB after some thousands
+/// of entries. Appends and replication touch the tail of the log, which a
+/// few MiB hold. Durability does not depend on it, because every commit
+/// still writes all its pages and fsyncs.
+const LOG_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
@@ -37,7 +47,9 @@ pub struct LogStore {
 impl LogStore {
     /// Opens or creates the log database at `path`.
     pub fn open(path: &Path) -> Result<LogStore, redb::DatabaseError> {
-        let db = Database::create(path)?;
+        let db = Builder::new()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)?;
         Ok(LogStore { db: Arc::new(db) })
     }
 
