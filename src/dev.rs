@@ -749,6 +749,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     })?;
     let nodes = plan_nodes(&args, &data_dir)?;
     check_ports_free(&nodes)?;
+    ensure_web_app_built().await?;
     std::fs::create_dir_all(&data_dir).map_err(|source| DevError::CreateDir {
         path: data_dir.clone(),
         source,
@@ -791,6 +792,124 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let stop_outcomes = stop_all(&mut cluster, SHUTDOWN_GRACE).await;
     print_stop_report(&stop_outcomes);
     Ok(outcome?)
+}
+
+/// Environment variable that skips the web app build, for a machine
+/// without Node.js; the nodes then serve whatever `frontend/` holds.
+pub const SKIP_WEB_BUILD_VAR: &str = "DISPOTIFY_SKIP_WEB_BUILD";
+
+/// Errors of building the web app before the cluster starts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebBuildError {
+    #[error(
+        "npm was not found, and the web app in {} needs building: install Node.js 20.19 \
+         or newer with npm, or set {SKIP_WEB_BUILD_VAR}=1 to start without the web app",
+        frontend.display()
+    )]
+    NpmMissing {
+        frontend: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`npm {step}` failed in {} ({status}); its output is above", frontend.display())]
+    StepFailed {
+        step: &'static str,
+        frontend: PathBuf,
+        status: ExitStatus,
+    },
+    #[error("cannot run `npm {step}` in {}", frontend.display())]
+    StepSpawn {
+        step: &'static str,
+        frontend: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Files and directories of `frontend/` whose changes call for a rebuild.
+const WEB_SOURCES: &[&str] = &[
+    "src",
+    "index.html",
+    "package.json",
+    "package-lock.json",
+    "vite.config.ts",
+    "tsconfig.json",
+];
+
+/// Builds `frontend/dist` with `npm ci` and `npm run build` when it is
+/// missing or older than the app's sources, so the first `dispotify dev`
+/// on a fresh checkout serves the real app. Does nothing when the binary
+/// runs outside its source tree or [`SKIP_WEB_BUILD_VAR`] is set.
+async fn ensure_web_app_built() -> Result<(), WebBuildError> {
+    let frontend = Path::new(env!("CARGO_MANIFEST_DIR")).join("frontend");
+    if std::env::var_os(SKIP_WEB_BUILD_VAR).is_some() || !frontend.join("package.json").exists() {
+        return Ok(());
+    }
+    let built = modified(&frontend.join("dist").join("index.html"));
+    let newest_source = WEB_SOURCES
+        .iter()
+        .filter_map(|name| newest_modified(&frontend.join(name)))
+        .max();
+    if let (Some(built), Some(source)) = (built, newest_source) {
+        if built >= source {
+            return Ok(());
+        }
+    }
+
+    let npm_check = Command::new("npm").arg("--version").output().await;
+    if let Err(source) = npm_check {
+        return Err(WebBuildError::NpmMissing { frontend, source });
+    }
+    let installed = modified(&frontend.join("node_modules").join(".package-lock.json"));
+    let locked = modified(&frontend.join("package-lock.json"));
+    let steps: &[(&str, &[&str])] = if installed.is_some() && installed >= locked {
+        &[("run build", &["run", "build"])]
+    } else {
+        &[
+            ("ci", &["ci", "--no-audit", "--no-fund"]),
+            ("run build", &["run", "build"]),
+        ]
+    };
+    println!(
+        "Building the web app in {} (npm ci, then vite build); the first build takes a minute or two",
+        frontend.display()
+    );
+    for (step, args) in steps {
+        let status = Command::new("npm")
+            .args(*args)
+            .current_dir(&frontend)
+            .status()
+            .await
+            .map_err(|source| WebBuildError::StepSpawn {
+                step,
+                frontend: frontend.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(WebBuildError::StepFailed {
+                step,
+                frontend,
+                status,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Newest modification time of a file, or of any file under a directory.
+fn newest_modified(path: &Path) -> Option<SystemTime> {
+    let metadata = std::fs::metadata(path).ok()?;
+    if !metadata.is_dir() {
+        return metadata.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| newest_modified(&entry.path()))
+        .max()
 }
 
 #[cfg(test)]
@@ -977,6 +1096,30 @@ mod tests {
         assert!(!is_node_setting("DISPOTIFY_LOG".as_ref()));
         assert!(!is_node_setting("DISPOTIFY_LOG_JSON".as_ref()));
         assert!(!is_node_setting("RUST_LOG".as_ref()));
+    }
+
+    #[test]
+    fn newest_modified_walks_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("src").join("views");
+        std::fs::create_dir_all(&nested).unwrap();
+        let old = dir.path().join("src").join("old.ts");
+        let new = nested.join("new.ts");
+        std::fs::write(&old, "old").unwrap();
+        std::fs::write(&new, "new").unwrap();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+
+        let newest = newest_modified(&dir.path().join("src"));
+        assert_eq!(newest, modified(&new));
+        assert!(newest > Some(hour_ago));
+        assert_eq!(newest_modified(&old), Some(hour_ago));
+        assert_eq!(newest_modified(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -1,0 +1,514 @@
+// The audio engine: two <audio> elements, one playing and one loading the
+// next track so it starts without a gap, and failover of the stream to
+// another node at the same position when the current node stops
+// responding. React components read its state through `subscribe`.
+
+import { streamUrl, type Track } from "../api";
+import { chooseStreamOrigin, type StreamNode } from "./failover";
+import {
+  insertAfter,
+  move,
+  nextIndex,
+  prefetchPlan,
+  previousAction,
+  removeAt,
+  type PrefetchPlan,
+} from "./queue";
+
+/** How often the node serving the stream is probed while playing. */
+export const STREAM_PROBE_INTERVAL_MS = 2000;
+
+/** A probe that takes longer than this counts as a failed node. */
+export const STREAM_PROBE_TIMEOUT_MS = 1500;
+
+/**
+ * Time the element may wait for data before the node is probed. Loopback
+ * and LAN nodes deliver the next bytes in milliseconds, so seconds of
+ * waiting mean a stuck or dead peer.
+ */
+export const STALL_PROBE_DELAY_MS = 3000;
+
+/** Seconds moved by the seek shortcuts and media keys. */
+export const SEEK_STEP_SECONDS = 5;
+
+export interface PlayerState {
+  queue: Track[];
+  index: number;
+  playing: boolean;
+  positionSeconds: number;
+  durationSeconds: number;
+  volume: number;
+  muted: boolean;
+  /** Node id the stream comes from, or null for the node of this page. */
+  streamNode: string | null;
+  /** Translation key of the last playback problem, or null. */
+  problem: "no_node_reachable" | "playback_failed" | null;
+}
+
+type Listener = (state: PlayerState) => void;
+
+export class PlayerEngine {
+  readonly elements: [HTMLAudioElement, HTMLAudioElement];
+  private active = 0;
+  private state: PlayerState;
+  private listeners = new Set<Listener>();
+  private nodes: StreamNode[] = [];
+  private pageOrigin: string;
+  /** Origin of the current stream; "" is this page's node. */
+  private origin = "";
+  private failedOrigins = new Set<string>();
+  private prefetched: (PrefetchPlan & { origin: string }) | null = null;
+  private probeTimer: number | undefined;
+  private stallTimer: number | undefined;
+  private failingOver = false;
+  private resumeAt: number | null = null;
+
+  constructor(pageOrigin: string, createAudio: () => HTMLAudioElement) {
+    this.pageOrigin = pageOrigin;
+    this.elements = [createAudio(), createAudio()];
+    this.state = {
+      queue: [],
+      index: -1,
+      playing: false,
+      positionSeconds: 0,
+      durationSeconds: 0,
+      volume: 1,
+      muted: false,
+      streamNode: null,
+      problem: null,
+    };
+    this.elements.forEach((element, slot) => this.attach(element, slot));
+    this.markActive();
+  }
+
+  subscribe(listener: Listener): () => void {
+    this.listeners.add(listener);
+    listener(this.state);
+    return () => this.listeners.delete(listener);
+  }
+
+  snapshot(): PlayerState {
+    return this.state;
+  }
+
+  get current(): Track | null {
+    return this.state.queue[this.state.index] ?? null;
+  }
+
+  private get audio(): HTMLAudioElement {
+    return this.elements[this.active];
+  }
+
+  private get standby(): HTMLAudioElement {
+    return this.elements[1 - this.active];
+  }
+
+  private update(change: Partial<PlayerState>): void {
+    this.state = { ...this.state, ...change };
+    for (const listener of this.listeners) listener(this.state);
+  }
+
+  /** Updates the members the stream may move to, from /cluster/status. */
+  setNodes(nodes: StreamNode[]): void {
+    this.nodes = nodes;
+    // A node reported up again may serve again.
+    for (const node of nodes) {
+      if (node.health === "up" && node.origin !== this.effectiveOrigin()) {
+        this.failedOrigins.delete(node.origin);
+      }
+    }
+  }
+
+  // --- Queue ---
+
+  playQueue(tracks: Track[], startIndex = 0): void {
+    if (tracks.length === 0) return;
+    this.update({ queue: [...tracks], index: -1 });
+    this.load(Math.min(Math.max(startIndex, 0), tracks.length - 1), true);
+  }
+
+  enqueue(tracks: Track[]): void {
+    if (this.state.index < 0) {
+      this.playQueue(tracks);
+      return;
+    }
+    this.update({ queue: [...this.state.queue, ...tracks] });
+    this.prefetch();
+  }
+
+  playNext(tracks: Track[]): void {
+    if (this.state.index < 0) {
+      this.playQueue(tracks);
+      return;
+    }
+    this.update({ queue: insertAfter(this.state.queue, this.state.index, tracks) });
+    this.prefetch();
+  }
+
+  jump(index: number): void {
+    if (index >= 0 && index < this.state.queue.length) this.load(index, true);
+  }
+
+  remove(index: number): void {
+    const removingCurrent = index === this.state.index;
+    const { queue, current } = removeAt(this.state.queue, this.state.index, index);
+    this.update({ queue, index: current });
+    if (queue.length === 0) {
+      this.stop();
+    } else if (removingCurrent) {
+      this.load(current, this.state.playing);
+    } else {
+      this.prefetch();
+    }
+  }
+
+  moveItem(from: number, to: number): void {
+    const { queue, current } = move(this.state.queue, this.state.index, from, to);
+    this.update({ queue, index: current });
+    this.prefetch();
+  }
+
+  // --- Transport ---
+
+  toggle(): void {
+    if (this.state.playing) this.pause();
+    else this.play();
+  }
+
+  play(): void {
+    if (this.state.index < 0) return;
+    this.audio.play().catch(() => this.update({ playing: false }));
+  }
+
+  pause(): void {
+    this.audio.pause();
+  }
+
+  next(): void {
+    const next = nextIndex(this.state.queue.length, this.state.index);
+    if (next !== null) this.load(next, true);
+  }
+
+  previous(): void {
+    const action = previousAction(this.state.index, this.audio.currentTime);
+    if (action.kind === "restart") this.seek(0);
+    else this.load(action.index, true);
+  }
+
+  seek(seconds: number): void {
+    if (this.state.index < 0) return;
+    const duration = this.audio.duration;
+    const limit = Number.isFinite(duration) ? duration : Number.MAX_VALUE;
+    const target = Math.min(Math.max(seconds, 0), limit);
+    this.audio.currentTime = target;
+    this.update({ positionSeconds: target });
+  }
+
+  seekBy(deltaSeconds: number): void {
+    this.seek(this.audio.currentTime + deltaSeconds);
+  }
+
+  setVolume(volume: number): void {
+    const clamped = Math.min(Math.max(volume, 0), 1);
+    for (const element of this.elements) element.volume = clamped;
+    this.update({ volume: clamped, muted: clamped === 0 ? this.state.muted : false });
+    for (const element of this.elements) element.muted = this.state.muted;
+  }
+
+  toggleMute(): void {
+    const muted = !this.state.muted;
+    for (const element of this.elements) element.muted = muted;
+    this.update({ muted });
+  }
+
+  private stop(): void {
+    this.audio.pause();
+    this.audio.removeAttribute("src");
+    this.audio.load();
+    this.clearPrefetch();
+    this.stopProbing();
+    this.update({ index: -1, playing: false, positionSeconds: 0, durationSeconds: 0 });
+  }
+
+  // --- Loading ---
+
+  /** Starts track `index`, from the prefetched element when it holds it. */
+  private load(index: number, autoplay: boolean): void {
+    const track = this.state.queue[index];
+    if (!track) return;
+    const old = this.audio;
+    const ready = this.prefetched;
+    if (ready && ready.index === index && ready.fileId === track.file_id && !this.failedOrigins.has(ready.origin)) {
+      // Swap: the standby element already holds this file.
+      old.pause();
+      this.active = 1 - this.active;
+      this.origin = ready.origin;
+      this.prefetched = null;
+    } else {
+      old.pause();
+      this.clearPrefetch();
+      this.origin = this.pickOrigin(track);
+      this.audio.src = streamUrl(track.file_id, this.origin);
+      this.audio.preload = "auto";
+    }
+    this.markActive();
+    this.resetElement(this.standby);
+    this.resumeAt = null;
+    this.update({
+      index,
+      positionSeconds: 0,
+      durationSeconds: Number.isFinite(this.audio.duration) ? this.audio.duration : (track.tags.duration_ms ?? 0) / 1000,
+      streamNode: this.nodeIdOf(this.origin),
+      problem: null,
+    });
+    if (this.audio.currentTime !== 0) this.audio.currentTime = 0;
+    if (autoplay) this.play();
+    this.prefetch();
+    this.updateMediaSession();
+  }
+
+  /** Loads the next track into the standby element, per [`prefetchPlan`]. */
+  private prefetch(): void {
+    const plan = prefetchPlan(this.state.queue, this.state.index);
+    if (!plan) {
+      this.clearPrefetch();
+      return;
+    }
+    if (this.prefetched && this.prefetched.fileId === plan.fileId && this.prefetched.index === plan.index) {
+      if (this.prefetched.preload !== plan.preload) {
+        this.standby.preload = plan.preload;
+        this.prefetched.preload = plan.preload;
+      }
+      return;
+    }
+    const origin = this.pickOrigin(this.state.queue[plan.index]);
+    const standby = this.standby;
+    standby.preload = plan.preload;
+    standby.src = streamUrl(plan.fileId, origin);
+    standby.load();
+    this.prefetched = { ...plan, origin };
+  }
+
+  private clearPrefetch(): void {
+    if (this.prefetched) this.resetElement(this.standby);
+    this.prefetched = null;
+  }
+
+  private resetElement(element: HTMLAudioElement): void {
+    element.pause();
+    if (element.getAttribute("src") !== null) {
+      element.removeAttribute("src");
+      element.load();
+    }
+  }
+
+  private markActive(): void {
+    this.elements.forEach((element, slot) => {
+      element.dataset.active = String(slot === this.active);
+    });
+  }
+
+  // --- Node choice and failover ---
+
+  private effectiveOrigin(): string {
+    return this.origin || this.pageOrigin;
+  }
+
+  private nodeIdOf(origin: string): string | null {
+    const resolved = origin || this.pageOrigin;
+    return this.nodes.find((node) => node.origin === resolved)?.id ?? null;
+  }
+
+  /** The page's own node while it works, else another one. */
+  private pickOrigin(track: Track): string {
+    if (!this.failedOrigins.has(this.pageOrigin)) return "";
+    return chooseStreamOrigin(this.nodes, this.failedOrigins, track.replicas) ?? "";
+  }
+
+  /** Moves the current track to another node at the same position. */
+  private failover(): void {
+    const track = this.current;
+    if (!track || this.failingOver) return;
+    this.failingOver = true;
+    const position = this.resumeAt ?? this.audio.currentTime;
+    const wasPlaying = this.state.playing || !this.audio.paused;
+    this.failedOrigins.add(this.effectiveOrigin());
+    if (this.prefetched && this.failedOrigins.has(this.prefetched.origin || this.pageOrigin)) {
+      this.clearPrefetch();
+    }
+    const origin = chooseStreamOrigin(this.nodes, this.failedOrigins, track.replicas);
+    if (origin === null) {
+      this.failingOver = false;
+      this.update({ problem: "no_node_reachable" });
+      return;
+    }
+    this.origin = origin === this.pageOrigin ? "" : origin;
+    this.resumeAt = position;
+    const audio = this.audio;
+    audio.src = streamUrl(track.file_id, this.origin);
+    audio.preload = "auto";
+    const resume = () => {
+      audio.removeEventListener("loadedmetadata", resume);
+      audio.currentTime = position;
+      this.resumeAt = null;
+      this.failingOver = false;
+      if (wasPlaying) this.play();
+    };
+    audio.addEventListener("loadedmetadata", resume);
+    audio.load();
+    this.update({ streamNode: this.nodeIdOf(this.origin), problem: null });
+    this.prefetch();
+  }
+
+  /** Checks that the stream's node still responds; fails over when not. */
+  private async probe(): Promise<void> {
+    const origin = this.effectiveOrigin();
+    const controller = new AbortController();
+    const timer = window.setTimeout(() => controller.abort(), STREAM_PROBE_TIMEOUT_MS);
+    try {
+      // Another node's origin gives an opaque response in no-cors mode, but
+      // a refused connection still rejects, which is all the probe needs.
+      await fetch(`${origin}/health`, {
+        mode: origin === this.pageOrigin ? "same-origin" : "no-cors",
+        cache: "no-store",
+        signal: controller.signal,
+      });
+    } catch {
+      if (origin === this.effectiveOrigin()) this.failover();
+    } finally {
+      window.clearTimeout(timer);
+    }
+  }
+
+  private startProbing(): void {
+    if (this.probeTimer !== undefined) return;
+    this.probeTimer = window.setInterval(() => void this.probe(), STREAM_PROBE_INTERVAL_MS);
+  }
+
+  private stopProbing(): void {
+    window.clearInterval(this.probeTimer);
+    this.probeTimer = undefined;
+  }
+
+  // --- Element events ---
+
+  private attach(element: HTMLAudioElement, slot: number): void {
+    const isActive = () => slot === this.active;
+    element.addEventListener("play", () => {
+      if (!isActive()) return;
+      this.update({ playing: true });
+      this.startProbing();
+      this.updateMediaSession();
+    });
+    element.addEventListener("pause", () => {
+      if (!isActive() || this.failingOver) return;
+      this.update({ playing: false });
+      this.stopProbing();
+      this.updateMediaSession();
+    });
+    element.addEventListener("timeupdate", () => {
+      if (!isActive() || this.resumeAt !== null) return;
+      this.update({ positionSeconds: element.currentTime });
+      this.updatePositionState();
+    });
+    element.addEventListener("durationchange", () => {
+      if (isActive() && Number.isFinite(element.duration)) {
+        this.update({ durationSeconds: element.duration });
+      }
+    });
+    element.addEventListener("playing", () => {
+      if (isActive()) window.clearTimeout(this.stallTimer);
+    });
+    element.addEventListener("waiting", () => {
+      if (!isActive()) return;
+      window.clearTimeout(this.stallTimer);
+      this.stallTimer = window.setTimeout(() => void this.probe(), STALL_PROBE_DELAY_MS);
+    });
+    element.addEventListener("ended", () => {
+      if (!isActive()) return;
+      const next = nextIndex(this.state.queue.length, this.state.index);
+      if (next !== null) {
+        this.load(next, true);
+      } else {
+        this.update({ playing: false });
+        this.stopProbing();
+      }
+    });
+    element.addEventListener("error", () => {
+      if (!element.getAttribute("src")) return;
+      if (!isActive()) {
+        // The prefetch failed; the track loads again when its turn comes.
+        this.prefetched = null;
+        return;
+      }
+      const code = element.error?.code;
+      if (code === MediaError.MEDIA_ERR_NETWORK || code === MediaError.MEDIA_ERR_SRC_NOT_SUPPORTED) {
+        // A dead node shows up as a network error mid-stream, or as an
+        // unloadable source when the connection is refused at the start.
+        this.failingOver = false;
+        void this.probe().then(() => {
+          if (element.error && isActive() && !this.failingOver) {
+            this.update({ problem: "playback_failed", playing: false });
+          }
+        });
+        return;
+      }
+      this.update({ problem: "playback_failed", playing: false });
+    });
+  }
+
+  // --- Media Session ---
+
+  /** Registers the handlers of media keys and the system's media controls. */
+  installMediaSession(): void {
+    if (!("mediaSession" in navigator)) return;
+    const session = navigator.mediaSession;
+    const handlers: Array<[MediaSessionAction, MediaSessionActionHandler]> = [
+      ["play", () => this.play()],
+      ["pause", () => this.pause()],
+      ["previoustrack", () => this.previous()],
+      ["nexttrack", () => this.next()],
+      ["seekbackward", (details) => this.seekBy(-(details.seekOffset ?? SEEK_STEP_SECONDS))],
+      ["seekforward", (details) => this.seekBy(details.seekOffset ?? SEEK_STEP_SECONDS)],
+      ["seekto", (details) => this.seek(details.seekTime ?? 0)],
+    ];
+    for (const [action, handler] of handlers) {
+      try {
+        session.setActionHandler(action, handler);
+      } catch {
+        // The browser does not support this action.
+      }
+    }
+  }
+
+  private updateMediaSession(): void {
+    if (!("mediaSession" in navigator)) return;
+    const track = this.current;
+    const session = navigator.mediaSession;
+    session.playbackState = track ? (this.state.playing ? "playing" : "paused") : "none";
+    if (!track || typeof MediaMetadata === "undefined") return;
+    session.metadata = new MediaMetadata({
+      title: track.title,
+      artist: track.tags.artist ?? "",
+      album: track.tags.album ?? "",
+      artwork: track.has_cover
+        ? [{ src: `${this.pageOrigin}/music/tracks/${track.file_id}/cover` }]
+        : [],
+    });
+  }
+
+  private updatePositionState(): void {
+    if (!("mediaSession" in navigator)) return;
+    const duration = this.audio.duration;
+    if (!Number.isFinite(duration) || duration <= 0) return;
+    try {
+      navigator.mediaSession.setPositionState({
+        duration,
+        position: Math.min(this.audio.currentTime, duration),
+        playbackRate: this.audio.playbackRate,
+      });
+    } catch {
+      // A position briefly past the duration is rejected; the next update fixes it.
+    }
+  }
+}
