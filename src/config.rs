@@ -26,6 +26,57 @@ pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Default lifetime of a resolved peer address in the discovery cache.
 pub const DEFAULT_PEER_CACHE_TTL: Duration = Duration::from_secs(30);
 
+/// Default pause between two scans of the catalog by the leader's repair
+/// scheduler.
+pub const DEFAULT_REPAIR_INTERVAL: Duration = Duration::from_secs(5);
+/// Default time a member must have failed its health checks before the
+/// copies it holds are re-created elsewhere. A restart or a short network
+/// hiccup takes less, and costs no copying.
+pub const DEFAULT_REPAIR_GRACE: Duration = Duration::from_secs(60);
+/// Default number of files repaired at the same time, cluster-wide.
+pub const DEFAULT_REPAIR_CONCURRENCY: usize = 2;
+/// Default bandwidth a node spends sending repair and rebalancing copies,
+/// in bytes per second: a third of a gigabit link, leaving room for
+/// uploads and streams.
+pub const DEFAULT_REPAIR_BYTES_PER_SEC: u64 = 40 * 1024 * 1024;
+/// Default rate at which each node re-reads and verifies its blobs, in
+/// bytes per second: a full pass over 1 TiB takes about a day, with little
+/// load on the disk.
+pub const DEFAULT_SCRUB_BYTES_PER_SEC: u64 = 16 * 1024 * 1024;
+/// Default pause between the end of one scrub pass and the start of the
+/// next.
+pub const DEFAULT_SCRUB_PASS_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// Default age a blob that no committed track assigns to this node must
+/// reach before it is deleted. Younger ones may belong to an upload whose
+/// commit is still in flight.
+pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// Scrub, repair and orphan collection settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairSettings {
+    pub interval: Duration,
+    pub grace: Duration,
+    pub concurrency: usize,
+    pub bytes_per_sec: u64,
+    pub scrub_bytes_per_sec: u64,
+    pub scrub_pass_interval: Duration,
+    pub orphan_grace: Duration,
+}
+
+impl Default for RepairSettings {
+    fn default() -> Self {
+        RepairSettings {
+            interval: DEFAULT_REPAIR_INTERVAL,
+            grace: DEFAULT_REPAIR_GRACE,
+            concurrency: DEFAULT_REPAIR_CONCURRENCY,
+            bytes_per_sec: DEFAULT_REPAIR_BYTES_PER_SEC,
+            scrub_bytes_per_sec: DEFAULT_SCRUB_BYTES_PER_SEC,
+            scrub_pass_interval: DEFAULT_SCRUB_PASS_INTERVAL,
+            orphan_grace: DEFAULT_ORPHAN_GRACE,
+        }
+    }
+}
+
 /// `dispotify serve` flags. Each is also read from the environment
 /// variable named beside it and, failing both, from the `--config` file.
 #[derive(Args, Debug, Default, Clone)]
@@ -110,6 +161,17 @@ pub struct FileConfig {
     pub raft_election_timeout_max: Option<Duration>,
     pub raft_snapshot_every_entries: Option<u64>,
     pub raft_log_entries_kept_after_snapshot: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub repair_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub repair_grace: Option<Duration>,
+    pub repair_concurrency: Option<usize>,
+    pub repair_bytes_per_sec: Option<u64>,
+    pub scrub_bytes_per_sec: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub scrub_pass_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub orphan_grace: Option<Duration>,
 }
 
 /// A validated node configuration.
@@ -133,6 +195,7 @@ pub struct NodeConfig {
     pub health_check_interval: Duration,
     pub peer_cache_ttl: Duration,
     pub raft: RaftSettings,
+    pub repair: RepairSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,6 +368,41 @@ impl NodeConfig {
                     .to_string(),
             });
         }
+        let repair = RepairSettings {
+            interval: file.repair_interval.unwrap_or(DEFAULT_REPAIR_INTERVAL),
+            grace: file.repair_grace.unwrap_or(DEFAULT_REPAIR_GRACE),
+            concurrency: file
+                .repair_concurrency
+                .unwrap_or(DEFAULT_REPAIR_CONCURRENCY),
+            bytes_per_sec: file
+                .repair_bytes_per_sec
+                .unwrap_or(DEFAULT_REPAIR_BYTES_PER_SEC),
+            scrub_bytes_per_sec: file
+                .scrub_bytes_per_sec
+                .unwrap_or(DEFAULT_SCRUB_BYTES_PER_SEC),
+            scrub_pass_interval: file
+                .scrub_pass_interval
+                .unwrap_or(DEFAULT_SCRUB_PASS_INTERVAL),
+            orphan_grace: file.orphan_grace.unwrap_or(DEFAULT_ORPHAN_GRACE),
+        };
+        for (name, value) in [
+            ("repair_concurrency", repair.concurrency as u64),
+            ("repair_bytes_per_sec", repair.bytes_per_sec),
+            ("scrub_bytes_per_sec", repair.scrub_bytes_per_sec),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be at least 1".to_string(),
+                });
+            }
+        }
+        if repair.interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "repair_interval",
+                reason: "must be longer than 0".to_string(),
+            });
+        }
         Ok(NodeConfig {
             id,
             data_dir,
@@ -326,6 +424,7 @@ impl NodeConfig {
                 .unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL),
             peer_cache_ttl: file.peer_cache_ttl.unwrap_or(DEFAULT_PEER_CACHE_TTL),
             raft,
+            repair,
         })
     }
 }

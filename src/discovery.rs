@@ -67,6 +67,8 @@ pub struct Discovery {
     ttl: Duration,
     cache: Mutex<HashMap<String, CachedAddr>>,
     health: Mutex<HashMap<String, PeerHealth>>,
+    /// When each member that is down now failed its first check in a row.
+    down_since: Mutex<HashMap<String, Instant>>,
 }
 
 impl Discovery {
@@ -75,6 +77,7 @@ impl Discovery {
             ttl,
             cache: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
+            down_since: Mutex::new(HashMap::new()),
         })
     }
 
@@ -140,8 +143,23 @@ impl Discovery {
         self.lock_health().get(node_id).copied().unwrap_or_default()
     }
 
+    fn lock_down_since(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.down_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long `node_id` has failed every health check, or `None` when its
+    /// last check succeeded or it was never checked.
+    pub fn down_for(&self, node_id: &str) -> Option<Duration> {
+        self.lock_down_since()
+            .get(node_id)
+            .map(|since| since.elapsed())
+    }
+
     /// Records a successful health check. Returns the previous state.
     pub fn record_up(&self, node_id: &str, rtt: Duration) -> PeerHealth {
+        self.lock_down_since().remove(node_id);
         self.lock_health()
             .insert(node_id.to_string(), PeerHealth::Up { rtt })
             .unwrap_or_default()
@@ -149,6 +167,9 @@ impl Discovery {
 
     /// Records a failed health check. Returns the new state.
     pub fn record_down(&self, node_id: &str) -> PeerHealth {
+        self.lock_down_since()
+            .entry(node_id.to_string())
+            .or_insert_with(Instant::now);
         let mut health = self.lock_health();
         let failures = match health.get(node_id) {
             Some(PeerHealth::Down {
@@ -268,8 +289,14 @@ mod tests {
             }
         );
         assert!(!discovery.is_reachable("b"));
+        let down_for = discovery.down_for("b");
+        assert!(down_for.is_some(), "{down_for:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        discovery.record_down("b");
+        assert!(discovery.down_for("b") >= down_for.map(|d| d + Duration::from_millis(20)));
         discovery.record_up("b", Duration::from_millis(3));
         assert!(discovery.is_reachable("b"));
+        assert_eq!(discovery.down_for("b"), None);
         assert_eq!(discovery.health("a", true).label(), "up");
     }
 }

@@ -36,6 +36,15 @@ pub struct Metrics {
     pub replicated_bytes: Counter,
     pub peer_rtt_seconds: Family<PeerLabels, Gauge<f64, AtomicU64>>,
     pub peer_up: Family<PeerLabels, Gauge>,
+    pub scrub_files: Counter,
+    pub scrub_bytes: Counter,
+    pub scrub_errors: Counter,
+    pub corrupt_copies: Counter,
+    pub repair_bytes: Counter,
+    pub repaired_files: Counter,
+    pub repair_failures: Counter,
+    pub repair_queue: Gauge,
+    pub under_replicated: Gauge,
 }
 
 impl Default for Metrics {
@@ -101,6 +110,56 @@ impl Metrics {
             "1 when the last health check of a peer succeeded",
             peer_up.clone(),
         );
+        let scrub_files = Counter::default();
+        registry.register(
+            "scrub_files",
+            "Blobs verified by scrub",
+            scrub_files.clone(),
+        );
+        let scrub_bytes = Counter::default();
+        registry.register(
+            "scrub_bytes",
+            "Bytes verified by scrub",
+            scrub_bytes.clone(),
+        );
+        let corrupt_copies = Counter::default();
+        registry.register(
+            "corrupt_copies",
+            "Local copies found corrupt, by scrub or by a read, and quarantined",
+            corrupt_copies.clone(),
+        );
+        let scrub_errors = Counter::default();
+        registry.register(
+            "scrub_errors",
+            "Corrupt or unreadable copies found by scrub",
+            scrub_errors.clone(),
+        );
+        let repair_bytes = Counter::default();
+        registry.register(
+            "repair_bytes",
+            "Bytes this node sent as repair or rebalancing copies",
+            repair_bytes.clone(),
+        );
+        let repaired_files = Counter::default();
+        registry.register(
+            "repaired_files",
+            "Copies re-created by repairs this node led",
+            repaired_files.clone(),
+        );
+        let repair_failures = Counter::default();
+        registry.register(
+            "repair_failures",
+            "Repairs this node led that failed and were retried",
+            repair_failures.clone(),
+        );
+        let repair_queue = Gauge::default();
+        registry.register(
+            "repair_queue",
+            "Files waiting for repair at the leader's last scan",
+            repair_queue.clone(),
+        );
+        let under_replicated = Gauge::default();
+        registry.register("under_replicated_files", "Files with fewer good reachable copies than the replication factor, at the leader's last scan", under_replicated.clone());
         Metrics {
             registry,
             uploads,
@@ -113,6 +172,15 @@ impl Metrics {
             replicated_bytes,
             peer_rtt_seconds,
             peer_up,
+            scrub_files,
+            scrub_bytes,
+            scrub_errors,
+            corrupt_copies,
+            repair_bytes,
+            repaired_files,
+            repair_failures,
+            repair_queue,
+            under_replicated,
         }
     }
 

@@ -98,9 +98,117 @@ pub enum Command {
         manifest: Manifest,
         cover: Option<Cover>,
     },
-    /// Replaces the replica set recorded for a file.
+    /// Replaces the replica set recorded for a file. `verified` names the
+    /// nodes of the new set whose copy was just written and verified, which
+    /// clears any fault reported against them; faults of nodes left out of
+    /// the set are cleared too. With a `fence`, the entry applies only while
+    /// that lock is still held under that token, so a repair whose lock
+    /// expired or moved to another holder cannot overwrite a newer decision.
     SetReplicas {
         file_id: FileId,
         replicas: Vec<NodeId>,
+        verified: Vec<NodeId>,
+        fence: Option<Fence>,
     },
+    /// Takes the lock `name` for `owner` for `ttl_ms` milliseconds from the
+    /// entry's leader timestamp, or renews it when `owner` holds it already.
+    /// Granted when the lock is free, expired or held by `owner`.
+    AcquireLock {
+        name: String,
+        owner: String,
+        ttl_ms: u64,
+    },
+    /// Frees the lock `name` when `owner` holds it under `token`.
+    ReleaseLock {
+        name: String,
+        owner: String,
+        token: u64,
+    },
+    /// Records that `node_id`'s copy of a file is corrupt or missing. The
+    /// copy is no longer counted as a replica until a repair replaces it.
+    ReportReplicaFault {
+        file_id: FileId,
+        node_id: NodeId,
+        fault: ReplicaFault,
+    },
+    /// Starts (`draining: true`) or ends the decommissioning of a member:
+    /// while it drains, placement leaves it out and repair moves its copies
+    /// to other nodes.
+    SetDraining { node_id: NodeId, draining: bool },
+}
+
+/// A lock and the token it must still be held under for an entry to apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub lock: String,
+    pub token: u64,
+}
+
+/// What is wrong with one node's copy of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReplicaFault {
+    /// A chunk or the whole file does not match its hashes; the copy is
+    /// quarantined and never served.
+    Corrupt,
+    /// The node is listed as a replica but has no copy.
+    Missing,
+}
+
+impl ReplicaFault {
+    /// The label stored in the catalog and shown by the API.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReplicaFault::Corrupt => "corrupt",
+            ReplicaFault::Missing => "missing",
+        }
+    }
+
+    pub fn from_label(label: &str) -> Option<ReplicaFault> {
+        match label {
+            "corrupt" => Some(ReplicaFault::Corrupt),
+            "missing" => Some(ReplicaFault::Missing),
+            _ => None,
+        }
+    }
+}
+
+/// A lock as held in the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub name: String,
+    pub owner: String,
+    /// The fencing token: the log index of the entry that granted the lock.
+    pub token: u64,
+    /// When the lock expires, by the leader timestamps of the log entries,
+    /// in milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
+}
+
+/// What a committed write did, as decided by the state machine. Every node
+/// decides the same for the same entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// The entry changed the replicated state.
+    Changed,
+    /// The entry was valid but changed nothing, for example an `AddTrack`
+    /// for a file already in the catalog.
+    #[default]
+    Unchanged,
+    /// `AcquireLock` granted or renewed the lock.
+    LockGranted { token: u64, expires_at_ms: i64 },
+    /// `AcquireLock` found the lock held by another owner.
+    LockHeld { owner: String, expires_at_ms: i64 },
+    /// `ReleaseLock` or a fenced entry named a lock that is not held under
+    /// that owner and token (it expired, was released or was taken over).
+    LockNotHeld { lock: String },
+}
+
+impl WriteOutcome {
+    /// Whether the entry changed the replicated state.
+    pub fn changed(&self) -> bool {
+        matches!(
+            self,
+            WriteOutcome::Changed | WriteOutcome::LockGranted { .. }
+        )
+    }
 }

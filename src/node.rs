@@ -33,6 +33,11 @@ use crate::{api, replication, server, workers};
 /// election does not fail a write.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// Shortest silence from a majority after which a leader refuses writes at
+/// once: a loaded node can miss a few heartbeat replies without being cut
+/// off.
+const MIN_QUORUM_SILENCE: Duration = Duration::from_secs(1);
+
 /// How far the state machine may trail the local log for the node to count
 /// as caught up.
 const READY_MAX_APPLY_LAG: u64 = 16;
@@ -60,12 +65,21 @@ pub struct Node {
     pub endpoint: Endpoint,
     pub discovery: Arc<Discovery>,
     pub receiving: replication::Receiving,
+    pub upkeep: replication::Upkeep,
     pub events: broadcast::Sender<ClusterEvent>,
     /// Held by the leader while it changes the membership: openraft accepts
     /// one membership change at a time, so concurrent joins queue here.
     pub membership_changes: tokio::sync::Mutex<()>,
     pub metrics: crate::metrics::Metrics,
     pub shutdown: CancellationToken,
+    /// Whether this node serves incoming RPCs. A node that started with an
+    /// empty data directory and no `--bootstrap` serves none until the
+    /// leader has checked that its id is not an existing member's: Raft
+    /// traffic meant for the node that lost its data must not reach it.
+    pub admitted: std::sync::atomic::AtomicBool,
+    /// Set when the cluster refused this node for good; `run` then exits
+    /// with this error.
+    pub refusal: std::sync::Mutex<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +123,8 @@ pub enum StartError {
     Raft { detail: String },
     #[error("http server failed: {0}")]
     Http(std::io::Error),
+    #[error("the cluster refused this node: {detail}")]
+    Refused { detail: String },
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -130,6 +146,14 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         .await;
 
     stop(&node).await;
+    let refusal = node
+        .refusal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(detail) = refusal {
+        return Err(StartError::Refused { detail });
+    }
     served.map_err(StartError::Http)
 }
 
@@ -166,7 +190,7 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    check_node_id(&config.data_dir, &config.id)?;
+    let fresh = check_node_id(&config.data_dir, &config.id)?;
 
     let identity = TlsIdentity::load(&config.certs_dir, &config.id).map_err(|source| {
         StartError::Certificates {
@@ -222,6 +246,8 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         http_addr: config.advertise_http.clone(),
     };
     let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+    let bootstrap = config.bootstrap;
+    let upkeep = replication::Upkeep::new(&config.repair);
     let node = Arc::new(Node {
         config,
         me,
@@ -232,10 +258,13 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         endpoint,
         discovery,
         receiving: replication::Receiving::default(),
+        upkeep,
         events,
         membership_changes: tokio::sync::Mutex::new(()),
         metrics: crate::metrics::Metrics::new(),
         shutdown: CancellationToken::new(),
+        admitted: std::sync::atomic::AtomicBool::new(!fresh || bootstrap),
+        refusal: std::sync::Mutex::new(None),
     });
     tracing::info!(node_id = %node.config.id, quic = %node.config.quic_addr, raft_id = node.raft_id, "node started");
 
@@ -262,11 +291,12 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
 }
 
 /// Records the node id in the data directory on first start and rejects a
-/// later start under another id.
-fn check_node_id(data_dir: &Path, id: &str) -> Result<(), StartError> {
+/// later start under another id. Returns true on the first start, when the
+/// directory held no id yet.
+fn check_node_id(data_dir: &Path, id: &str) -> Result<bool, StartError> {
     let path = data_dir.join("node_id");
     match std::fs::read_to_string(&path) {
-        Ok(stored) if stored.trim() == id => Ok(()),
+        Ok(stored) if stored.trim() == id => Ok(false),
         Ok(stored) => Err(StartError::NodeIdMismatch {
             path,
             stored: stored.trim().to_string(),
@@ -274,6 +304,7 @@ fn check_node_id(data_dir: &Path, id: &str) -> Result<(), StartError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::write(&path, format!("{id}\n"))
+                .map(|()| true)
                 .map_err(|source| StartError::DataDir { path, source })
         }
         Err(source) => Err(StartError::DataDir { path, source }),
@@ -295,8 +326,14 @@ pub fn leader(node: &Node) -> Option<(RaftId, Member)> {
     Some((leader, member))
 }
 
-/// Whether this node is a member, has a known leader and has applied its log.
+/// Whether this node is a member, has a known leader, has applied its log
+/// and has reconciled its blobs with the catalog once.
 pub fn is_ready(node: &Node) -> bool {
+    is_caught_up(node) && node.upkeep.is_reconciled()
+}
+
+/// Whether this node is a member, has a known leader and has applied its log.
+pub fn is_caught_up(node: &Node) -> bool {
     let metrics = node.raft.metrics().borrow().clone();
     let joined = metrics
         .membership_config
@@ -336,8 +373,22 @@ pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
     context
 }
 
-/// Proposes `request` on this node, which must be the leader.
+/// Proposes `request` on this node, which must be the leader. A leader that
+/// has heard from no majority for two election timeouts (at least
+/// [`MIN_QUORUM_SILENCE`]) is cut off from it and refuses at once rather
+/// than after [`WRITE_TIMEOUT`].
 pub async fn propose_local(node: &Node, mut request: Request) -> Result<WriteReceipt, RemoteError> {
+    let quorum_silence_ms = node.raft.metrics().borrow().millis_since_quorum_ack;
+    let limit = (node.config.raft.election_timeout_max * 2).max(MIN_QUORUM_SILENCE);
+    if let Some(silence_ms) = quorum_silence_ms {
+        if u128::from(silence_ms) > limit.as_millis() {
+            return Err(RemoteError::NoQuorum {
+                detail: format!(
+                    "the leader has not heard from a majority of the members for {silence_ms} ms"
+                ),
+            });
+        }
+    }
     request.at_ms = now_ms();
     let written = tokio::time::timeout(WRITE_TIMEOUT, node.raft.client_write(request)).await;
     match written {
@@ -345,7 +396,7 @@ pub async fn propose_local(node: &Node, mut request: Request) -> Result<WriteRec
             detail: format!("no commit within {WRITE_TIMEOUT:?}"),
         }),
         Ok(Ok(response)) => Ok(WriteReceipt {
-            changed: response.data.changed,
+            outcome: response.data.outcome,
             log_index: response.log_id.index,
         }),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {

@@ -14,25 +14,35 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use crate::consensus::{Member, RaftId, Request, TypeConfig};
-use crate::model::{FileId, Manifest, NodeId};
+use crate::model::{FileId, Manifest, NodeId, WriteOutcome};
 
 /// A node's answer to a health ping.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PingReply {
     pub node_id: NodeId,
     pub term: u64,
     pub leader: Option<NodeId>,
     pub ready: bool,
+    pub scrub: crate::replication::ScrubProgress,
+    /// The repair scheduler's status, when this node is the leader.
+    pub repair: Option<crate::replication::RepairStatus>,
 }
 
 /// The outcome of a committed and applied write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteReceipt {
-    /// False when the entry changed nothing, for example an `AddTrack` for a
-    /// file already in the catalog.
-    pub changed: bool,
+    /// What the state machine decided for the entry.
+    pub outcome: WriteOutcome,
     /// Index of the entry in the Raft log.
     pub log_index: u64,
+}
+
+impl WriteReceipt {
+    /// False when the entry changed nothing, for example an `AddTrack` for a
+    /// file already in the catalog.
+    pub fn changed(&self) -> bool {
+        self.outcome.changed()
+    }
 }
 
 /// Why a remote node refused or failed a call, in a form that crosses the
@@ -45,6 +55,9 @@ pub enum RemoteError {
     NoQuorum { detail: String },
     #[error("request rejected: {detail}")]
     Rejected { detail: String },
+    /// A refusal that retrying cannot change.
+    #[error("refused: {detail}")]
+    Refused { detail: String },
     #[error("node {node_id} failed the request: {detail}")]
     Failed { node_id: NodeId, detail: String },
 }
@@ -71,6 +84,11 @@ pub trait NodeRpc {
     /// in the caller's certificate. Forwarded to the leader when needed.
     async fn join(member: Member) -> Result<(), RemoteError>;
 
+    /// Checks, before a node with an empty data directory joins, that its
+    /// id is not already a member's: a member that lost its data must come
+    /// back under a new id. Forwarded to the leader when needed.
+    async fn admit(member: Member, fresh: bool) -> Result<(), RemoteError>;
+
     /// Proposes a write through Raft on the leader. A node that is not the
     /// leader answers `NotLeader` and the caller retries at the leader.
     async fn propose(request: Request) -> Result<WriteReceipt, RemoteError>;
@@ -85,4 +103,13 @@ pub trait NodeRpc {
     /// Deletes a blob this node holds, unless the catalog lists it: used to
     /// clean up after an upload that did not reach the write quorum.
     async fn discard_blob(file_id: FileId) -> Result<(), RemoteError>;
+
+    /// Sends this node's verified copy of a blob to `target`, for repair and
+    /// rebalancing. Only the leader or the target itself asks.
+    async fn copy_blob(file_id: FileId, target: Member) -> Result<(), RemoteError>;
+
+    /// Deletes this node's copy of a blob once the log is applied up to
+    /// `applied_index` and the committed replica set there leaves this node
+    /// out. Returns whether a copy was deleted.
+    async fn drop_replica(file_id: FileId, applied_index: u64) -> Result<bool, RemoteError>;
 }

@@ -41,6 +41,14 @@ impl dispotify_transport::IncomingHandler for Incoming {
             node: self.node.clone(),
             peer: peer.to_string(),
         };
+        if !self
+            .node
+            .admitted
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tracing::debug!(peer = %peer, "refused rpc stream before admission");
+            return Box::pin(async {});
+        }
         Box::pin(async move {
             dispotify_transport::serve_tarpc_stream(
                 send,
@@ -93,6 +101,8 @@ impl NodeRpc for RpcServer {
             term: metrics.current_term,
             leader,
             ready: node::is_ready(&self.node),
+            scrub: self.node.upkeep.scrub(),
+            repair: node::is_leader(&self.node).then(|| self.node.upkeep.repair()),
         }
     }
 
@@ -158,6 +168,41 @@ impl NodeRpc for RpcServer {
         }
     }
 
+    async fn admit(self, _: Context, member: Member, fresh: bool) -> Result<(), RemoteError> {
+        if member.name != self.peer && !self.peer_is_member() {
+            return Err(RemoteError::Rejected {
+                detail: format!(
+                    "node {} presented a certificate for {}",
+                    member.name, self.peer
+                ),
+            });
+        }
+        if !node::is_leader(&self.node) {
+            let Some((_, leader)) = node::leader(&self.node) else {
+                return Err(RemoteError::NotLeader { leader: None });
+            };
+            let client = node::rpc_client(&self.node, &leader).await?;
+            return client
+                .admit(node::context_with_timeout(ADMIT_TIMEOUT), member, fresh)
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        let known = consensus::members_of(&self.node.raft)
+            .contains_key(&consensus::raft_id_of(&member.name));
+        if fresh && known {
+            tracing::warn!(peer = %member.name, "refused a member that lost its data directory");
+            return Err(RemoteError::Refused {
+                detail: format!(
+                    "node id {} is already a cluster member, but this node started with an empty \
+                     data directory, so the member's data is lost; start it with a new --id and \
+                     decommission {} with POST /cluster/nodes/{}/decommission",
+                    member.name, member.name, member.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
     async fn propose(self, _: Context, request: Request) -> Result<WriteReceipt, RemoteError> {
         if !self.peer_is_member() {
             return Err(RemoteError::Rejected {
@@ -183,7 +228,52 @@ impl NodeRpc for RpcServer {
     async fn discard_blob(self, _: Context, file_id: FileId) -> Result<(), RemoteError> {
         replication::discard(&self.node, &self.peer, file_id).await
     }
+
+    async fn copy_blob(
+        self,
+        _: Context,
+        file_id: FileId,
+        target: Member,
+    ) -> Result<(), RemoteError> {
+        let members = consensus::members_of(&self.node.raft);
+        let leader = node::leader(&self.node).map(|(_, m)| m.name);
+        let caller_may_ask =
+            leader.as_deref() == Some(self.peer.as_str()) || target.name == self.peer;
+        if !caller_may_ask {
+            return Err(RemoteError::Rejected {
+                detail: format!(
+                    "{} is neither the leader nor the copy's target {}",
+                    self.peer, target.name
+                ),
+            });
+        }
+        // Dial the target at the address the committed membership records,
+        // whatever address the caller passed.
+        let Some(target) = members.into_values().find(|m| m.name == target.name) else {
+            return Err(RemoteError::Rejected {
+                detail: format!("{} is not a cluster member", target.name),
+            });
+        };
+        replication::copy_to(&self.node, &file_id, &target).await
+    }
+
+    async fn drop_replica(
+        self,
+        _: Context,
+        file_id: FileId,
+        applied_index: u64,
+    ) -> Result<bool, RemoteError> {
+        if !self.peer_is_member() {
+            return Err(RemoteError::Rejected {
+                detail: format!("{} is not a cluster member", self.peer),
+            });
+        }
+        replication::drop_replica(&self.node, &file_id, applied_index).await
+    }
 }
+
+/// How long the admission check may take, forwarding included.
+const ADMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a join may take: the learner must catch up with the log before
 /// it is promoted.

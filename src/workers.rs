@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::consensus;
 use crate::node::{self, ClusterEvent, Node};
+use crate::replication;
 
 /// Maximum wait between two rounds of join attempts.
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -23,6 +24,16 @@ pub fn spawn_all(node: &Arc<Node>) {
     tokio::spawn(publish_events(node.clone()).instrument(tracing::info_span!("events", node_id)));
     tokio::spawn(
         health_checks(node.clone()).instrument(tracing::info_span!("health_checks", node_id)),
+    );
+    tokio::spawn(
+        replication::scrub_worker(node.clone()).instrument(tracing::info_span!("scrub", node_id)),
+    );
+    tokio::spawn(
+        replication::repair_worker(node.clone()).instrument(tracing::info_span!("repair", node_id)),
+    );
+    tokio::spawn(
+        replication::reconcile_worker(node.clone())
+            .instrument(tracing::info_span!("reconcile", node_id)),
     );
 }
 
@@ -80,6 +91,34 @@ async fn join_through(node: &Arc<Node>, seed: &str) -> Result<String, String> {
         }
         let client =
             crate::rpc::NodeRpcClient::new(tarpc::client::Config::default(), transport).spawn();
+        if !node.admitted.load(std::sync::atomic::Ordering::Acquire) {
+            let admitted = client
+                .admit(
+                    node::context_with_timeout(Duration::from_secs(15)),
+                    node.me.clone(),
+                    true,
+                )
+                .await;
+            match admitted {
+                Ok(Ok(())) => node
+                    .admitted
+                    .store(true, std::sync::atomic::Ordering::Release),
+                Ok(Err(crate::rpc::RemoteError::Refused { detail })) => {
+                    tracing::error!(node_id = %node.config.id, %detail, "the cluster refused this node");
+                    *node.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(detail.clone());
+                    node.shutdown.cancel();
+                    return Err(detail);
+                }
+                Ok(Err(e)) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            }
+        }
         let joined = client
             .join(
                 node::context_with_timeout(Duration::from_secs(90)),
@@ -137,8 +176,10 @@ async fn check_one(node: &Node, member: &consensus::Member) {
             .map_err(|e| e.to_string())
     };
     match tokio::time::timeout(PING_TIMEOUT, pinged).await {
-        Ok(Ok(_reply)) => {
+        Ok(Ok(reply)) => {
             let rtt = started.elapsed();
+            node.upkeep
+                .record_peer(&member.name, reply.scrub, reply.repair);
             node.metrics.record_peer(&member.name, Some(rtt));
             let previous = node.discovery.record_up(&member.name, rtt);
             if matches!(previous, crate::discovery::PeerHealth::Down { .. }) {

@@ -126,21 +126,63 @@ fn catalog_error(operation: &'static str, error: CatalogError) -> ApiError {
     }
 }
 
+/// One track with the health of each of its copies.
+#[derive(Debug, serde::Serialize)]
+pub struct TrackDetail {
+    #[serde(flatten)]
+    track: Track,
+    replica_health: Vec<ReplicaHealth>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ReplicaHealth {
+    node_id: String,
+    /// `ok`, `corrupt` or `missing` (reported by the node through Raft), or
+    /// `node_down` (this node's health checks cannot reach it).
+    state: &'static str,
+}
+
 pub async fn track(
     State(state): State<AppState>,
     Path(file_id): Path<String>,
-) -> Result<Json<Track>, ApiError> {
+) -> Result<Json<TrackDetail>, ApiError> {
     let file_id = parse_file_id(file_id)?;
-    match state
-        .node
+    let node = &state.node;
+    let Some(track) = node
         .catalog
         .track(&file_id)
         .await
         .map_err(|e| internal("read track", e))?
-    {
-        Some(track) => Ok(Json(track)),
-        None => Err(ApiError::TrackNotFound { file_id }),
-    }
+    else {
+        return Err(ApiError::TrackNotFound { file_id });
+    };
+    let faults = node
+        .catalog
+        .replica_faults(&file_id)
+        .await
+        .map_err(|e| internal("read replica faults", e))?;
+    let replica_health = track
+        .replicas
+        .iter()
+        .map(|node_id| {
+            let fault = faults.iter().find(|f| &f.node_id == node_id);
+            let state = match fault {
+                Some(fault) => fault.fault.label(),
+                None if node_id != &node.config.id && !node.discovery.is_reachable(node_id) => {
+                    "node_down"
+                }
+                None => "ok",
+            };
+            ReplicaHealth {
+                node_id: node_id.clone(),
+                state,
+            }
+        })
+        .collect();
+    Ok(Json(TrackDetail {
+        track,
+        replica_health,
+    }))
 }
 
 pub async fn cover(

@@ -9,6 +9,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::consensus;
 use crate::node;
+use crate::placement::{Ring, DEFAULT_VNODES_PER_NODE};
+use crate::replication::{RepairStatus, ScrubProgress};
 
 #[derive(Debug, Serialize)]
 pub struct MemberStatus {
@@ -19,6 +21,20 @@ pub struct MemberStatus {
     /// `up`, `down` or `unknown` (not checked yet), from this node's health checks.
     pub health: &'static str,
     pub rtt_ms: Option<f64>,
+    /// The member's scrub progress, from its last health-check reply (this
+    /// node's own for itself).
+    pub scrub: Option<ScrubProgress>,
+    /// True while the member is being decommissioned.
+    pub draining: bool,
+}
+
+/// One member's part of the placement ring.
+#[derive(Debug, Serialize)]
+pub struct RingShare {
+    pub node_id: String,
+    /// Fraction of the ring, from 0 to 1, whose files have this node as
+    /// their first replica.
+    pub share: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,10 +47,24 @@ pub struct ClusterStatus {
     pub ready: bool,
     pub replication_factor: usize,
     pub members: Vec<MemberStatus>,
+    /// Every member's share of the ring, in node id order.
+    pub ring: Vec<RingShare>,
+    /// The leader's repair scheduler: queue, active copies and totals. This
+    /// node's own when it leads, else the leader's last health-check reply.
+    pub repair: Option<RepairStatus>,
 }
 
 pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
     let node = &state.node;
+    // Listed without draining marks when the catalog cannot be read: the
+    // status page stays up for the operator who needs it most then.
+    let draining: std::collections::HashSet<String> = match node.catalog.draining_nodes().await {
+        Ok(nodes) => nodes.into_iter().map(|(name, _)| name).collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read draining nodes for the status");
+            Default::default()
+        }
+    };
     let metrics = node.raft.metrics().borrow().clone();
     let members = consensus::members_of(&node.raft);
     let voters: std::collections::BTreeSet<u64> =
@@ -55,10 +85,36 @@ pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
                 voter: voters.contains(raft_id),
                 health: health.label(),
                 rtt_ms: health.rtt().map(|d| d.as_secs_f64() * 1000.0),
+                draining: draining.contains(&member.name),
+                scrub: if member.name == node.config.id {
+                    Some(node.upkeep.scrub())
+                } else {
+                    node.upkeep.peer(&member.name).map(|report| report.scrub)
+                },
             }
         })
         .collect();
     member_status.sort_by(|a, b| a.id.cmp(&b.id));
+    let ring = Ring::new(
+        members.values().map(|m| m.name.clone()),
+        DEFAULT_VNODES_PER_NODE,
+    );
+    let ring_shares = ring
+        .nodes()
+        .iter()
+        .map(|node_id| RingShare {
+            node_id: node_id.clone(),
+            share: ring.share(node_id),
+        })
+        .collect();
+    let repair = if node::is_leader(node) {
+        Some(node.upkeep.repair())
+    } else {
+        leader_id
+            .as_deref()
+            .and_then(|leader| node.upkeep.peer(leader))
+            .and_then(|report| report.repair)
+    };
     Json(ClusterStatus {
         node_id: node.config.id.clone(),
         leader_id,
@@ -68,6 +124,8 @@ pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
         ready: node::is_ready(node),
         replication_factor: node.config.replication_factor,
         members: member_status,
+        ring: ring_shares,
+        repair,
     })
 }
 

@@ -24,12 +24,30 @@ pub enum ApiError {
     InvalidMultipart { detail: String },
     #[error("no track with file id {file_id}")]
     TrackNotFound { file_id: String },
+    #[error("no album with id {album_id}")]
+    AlbumNotFound { album_id: String },
+    #[error("no artist with id {artist_id}")]
+    ArtistNotFound { artist_id: String },
     #[error("track {file_id} has no cover art")]
     CoverNotFound { file_id: String },
     #[error("{value:?} is not a file id: expected 64 lowercase hexadecimal characters")]
     InvalidFileId { value: String },
     #[error("invalid query parameter {name}: {reason}")]
     InvalidQuery { name: &'static str, reason: String },
+    #[error("the request body is not valid: {detail}")]
+    InvalidBody { detail: String },
+    #[error("invalid field {name}: {reason}")]
+    InvalidField { name: &'static str, reason: String },
+    #[error("lock {name} is held by {owner} until {expires_at_ms} ms since the epoch; retry after it expires or is released")]
+    LockHeld {
+        name: String,
+        owner: String,
+        expires_at_ms: i64,
+    },
+    #[error("no cluster member has id {node_id}; GET /cluster/status lists the members")]
+    MemberNotFound { node_id: String },
+    #[error("lock {name} is not held under that owner and token: it expired, was released or was taken over")]
+    LockNotHeld { name: String },
     #[error("the cluster cannot accept writes now: {detail}; retry in a few seconds")]
     NoQuorum { detail: String },
     #[error(
@@ -59,9 +77,16 @@ impl ApiError {
             ApiError::MissingFilePart => "missing_file_part",
             ApiError::InvalidMultipart { .. } => "invalid_multipart",
             ApiError::TrackNotFound { .. } => "track_not_found",
+            ApiError::AlbumNotFound { .. } => "album_not_found",
+            ApiError::ArtistNotFound { .. } => "artist_not_found",
             ApiError::CoverNotFound { .. } => "cover_not_found",
             ApiError::InvalidFileId { .. } => "invalid_file_id",
             ApiError::InvalidQuery { .. } => "invalid_query",
+            ApiError::InvalidBody { .. } => "invalid_body",
+            ApiError::InvalidField { .. } => "invalid_field",
+            ApiError::LockHeld { .. } => "lock_held",
+            ApiError::MemberNotFound { .. } => "member_not_found",
+            ApiError::LockNotHeld { .. } => "lock_not_held",
             ApiError::NoQuorum { .. } => "no_quorum",
             ApiError::ReplicationFailed { .. } => "replication_failed",
             ApiError::NoReplicaAvailable { .. } => "no_replica_available",
@@ -79,10 +104,16 @@ impl ApiError {
             | ApiError::MissingFilePart
             | ApiError::InvalidMultipart { .. }
             | ApiError::InvalidFileId { .. }
-            | ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidQuery { .. }
+            | ApiError::InvalidBody { .. }
+            | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ApiError::LockHeld { .. } | ApiError::LockNotHeld { .. } => StatusCode::CONFLICT,
             ApiError::TrackNotFound { .. }
+            | ApiError::AlbumNotFound { .. }
+            | ApiError::ArtistNotFound { .. }
             | ApiError::CoverNotFound { .. }
-            | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            | ApiError::RouteNotFound { .. }
+            | ApiError::MemberNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::NoQuorum { .. }
             | ApiError::ReplicationFailed { .. }
             | ApiError::NoReplicaAvailable { .. }

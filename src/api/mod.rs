@@ -4,6 +4,9 @@
 mod catalog;
 mod cluster;
 pub mod error;
+mod library;
+mod locks;
+mod members;
 mod stream;
 mod upload;
 
@@ -51,7 +54,26 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/music/tracks", get(catalog::list))
         .route("/music/tracks/{file_id}", get(catalog::track))
         .route("/music/tracks/{file_id}/cover", get(catalog::cover))
+        .route("/music/albums", get(library::albums))
+        .route(
+            "/music/albums/{album_id}/tracks",
+            get(library::album_tracks),
+        )
+        .route("/music/artists", get(library::artists))
+        .route(
+            "/music/artists/{artist_id}/tracks",
+            get(library::artist_tracks),
+        )
         .route("/cluster/status", get(cluster::status))
+        .route("/cluster/locks", get(locks::list).post(locks::acquire))
+        .route(
+            "/cluster/locks/{name}",
+            axum::routing::delete(locks::release),
+        )
+        .route(
+            "/cluster/nodes/{node_id}/decommission",
+            post(members::decommission),
+        )
         .route("/metrics", get(cluster::metrics))
         .merge(health.clone())
         .nest("/internal", health)

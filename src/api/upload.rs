@@ -193,12 +193,12 @@ async fn finish(
         .await
         .map_err(|e| internal("read track", e))?;
     let stored = stored.unwrap_or(track);
-    let status = if receipt.changed {
+    let status = if receipt.changed() {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    tracing::info!(file_id = %stored.file_id, replicas = ?stored.replicas, created = receipt.changed, "upload committed");
+    tracing::info!(file_id = %stored.file_id, replicas = ?stored.replicas, created = receipt.changed(), "upload committed");
     Ok((status, Json(stored)))
 }
 

@@ -6,7 +6,7 @@
 //! ```text
 //! blobs/<first 2 hex digits of file_id>/<file_id>   committed blobs
 //! staging/                                          temporary files
-//! quarantine/                                       reserved for blobs found corrupt
+//! quarantine/<file_id>.<unix ms>                     blobs found corrupt, never served
 //! ```
 //!
 //! A blob is written to a file in `staging/`, fsynced, renamed into
@@ -26,6 +26,7 @@
 //! One process owns a root directory: opening a second store on the same
 //! root deletes the first one's staging files.
 
+mod quarantine;
 mod read;
 mod receive;
 mod staging;
@@ -185,6 +186,7 @@ where
 struct Layout {
     blobs: PathBuf,
     staging: PathBuf,
+    quarantine: PathBuf,
 }
 
 impl Layout {
@@ -210,11 +212,11 @@ impl BlobStore {
         let layout = Layout {
             blobs: root.join("blobs"),
             staging: root.join("staging"),
+            quarantine: root.join("quarantine"),
         };
-        let quarantine = root.join("quarantine");
 
         let layout = blocking(move || {
-            for dir in [&layout.blobs, &layout.staging, &quarantine] {
+            for dir in [&layout.blobs, &layout.staging, &layout.quarantine] {
                 std::fs::create_dir_all(dir).map_err(BlobError::io("create directory", dir))?;
             }
             create_shard_dirs(&layout.blobs)?;

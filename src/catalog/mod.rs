@@ -22,6 +22,8 @@
 mod error;
 mod fold;
 mod keys;
+mod library;
+mod locks;
 mod read;
 mod rows;
 mod snapshot;
@@ -39,6 +41,10 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub use error::{CatalogError, SnapshotFormatError};
+pub use library::{
+    Album, AlbumQuery, AlbumSort, Artist, ArtistQuery, GroupKind, MAX_GROUP_ID_CHARS,
+};
+pub use locks::FaultRecord;
 pub use snapshot::{MAX_SNAPSHOT_RECORD_BYTES, SNAPSHOT_FORMAT_VERSION};
 
 use crate::model::{FileId, NodeId};
@@ -52,6 +58,13 @@ pub const DEFAULT_READ_CONNECTIONS: u32 = 8;
 /// Connections of the write pool. One, because the Raft state machine
 /// applies entries in log order and SQLite allows one writer at a time.
 pub const WRITE_CONNECTIONS: u32 = 1;
+
+/// Page cache of each SQLite connection: 512 KiB, where SQLite's default
+/// is about 2 MB. A negative `cache_size` counts KiB. The pool hands out
+/// its connections in turn, so each one fills its own cache, which with
+/// the default cost up to 18 MB per node. Pages outside the cache are
+/// read again from the operating system's page cache.
+const SQLITE_CACHE_SIZE_PRAGMA: &str = "PRAGMA cache_size = -512";
 
 /// Default time to wait for a free pooled connection before failing.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,6 +171,39 @@ pub enum ApplyOutcome {
     ReplicasSet { file_id: FileId },
     /// `SetReplicas` named a file not in the catalog and changed nothing.
     ReplicasTrackNotFound { file_id: FileId },
+    /// `AcquireLock` granted or renewed the lock.
+    LockGranted {
+        name: String,
+        token: u64,
+        expires_at_ms: i64,
+    },
+    /// `AcquireLock` found the lock held by another owner.
+    LockHeld {
+        name: String,
+        owner: String,
+        expires_at_ms: i64,
+    },
+    /// `ReleaseLock` freed the lock.
+    LockReleased { name: String },
+    /// `ReleaseLock`, or a fenced `SetReplicas`, named a lock not held under
+    /// that owner and token; nothing changed.
+    LockNotHeld { name: String },
+    /// `ReportReplicaFault` recorded the fault.
+    FaultRecorded { file_id: FileId, node_id: NodeId },
+    /// `ReportReplicaFault` named a file not in the catalog.
+    FaultTrackNotFound { file_id: FileId },
+    /// `SetDraining` changed whether the node drains.
+    DrainingSet { node_id: NodeId, draining: bool },
+    /// `SetDraining` asked for the state the node is already in.
+    DrainingUnchanged { node_id: NodeId },
+}
+
+/// Where a command sits in the Raft log: its entry's index and the leader's
+/// timestamp on the entry. Locks take their tokens and expiry from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryClock {
+    pub log_index: u64,
+    pub at_ms: i64,
 }
 
 /// The order of a track listing.
@@ -223,6 +269,9 @@ pub struct Page<T> {
 pub struct ReplicaSet {
     pub file_id: FileId,
     pub replicas: Vec<NodeId>,
+    pub size_bytes: u64,
+    /// Commit time of the track, from the leader's clock.
+    pub added_at_ms: i64,
 }
 
 /// A connection to one node's catalog database. Cloning is cheap and shares
@@ -369,6 +418,7 @@ fn pool_options(
             if role == PoolRole::Read {
                 connection.execute("PRAGMA query_only = ON").await?;
             }
+            connection.execute(SQLITE_CACHE_SIZE_PRAGMA).await?;
             Ok(())
         })
     })

@@ -176,12 +176,16 @@ impl Catalog {
         let limit = i64::from(limit.min(MAX_REPLICA_SETS_PAGE_LIMIT));
         let query = match after {
             Some(after) => sqlx::query(
-                "SELECT file_id, replicas FROM tracks WHERE file_id > $1 ORDER BY file_id LIMIT $2",
+                "SELECT file_id, replicas, size_bytes, added_at_ms FROM tracks \
+                 WHERE file_id > $1 ORDER BY file_id LIMIT $2",
             )
             .bind(after)
             .bind(limit),
-            None => sqlx::query("SELECT file_id, replicas FROM tracks ORDER BY file_id LIMIT $1")
-                .bind(limit),
+            None => sqlx::query(
+                "SELECT file_id, replicas, size_bytes, added_at_ms FROM tracks \
+                 ORDER BY file_id LIMIT $1",
+            )
+            .bind(limit),
         };
         let rows = query
             .fetch_all(&self.reader)
@@ -193,7 +197,19 @@ impl Catalog {
                 let file_id: String = column(row, "file_id")?;
                 let replicas: String = column(row, "replicas")?;
                 let replicas = decode_replicas(&file_id, &replicas)?;
-                Ok(ReplicaSet { file_id, replicas })
+                let size_bytes: i64 = column(row, "size_bytes")?;
+                Ok(ReplicaSet {
+                    size_bytes: u64::try_from(size_bytes).map_err(|_| {
+                        CatalogError::CorruptRow {
+                            file_id: file_id.clone(),
+                            field: "size_bytes",
+                            problem: format!("is negative: {size_bytes}"),
+                        }
+                    })?,
+                    added_at_ms: column(row, "added_at_ms")?,
+                    file_id,
+                    replicas,
+                })
             })
             .collect()
     }

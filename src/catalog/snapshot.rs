@@ -7,7 +7,9 @@
 //! ```text
 //! magic "DSPFYCAT" | format version: u32 | frame*
 //! frame = length: u32 | postcard-encoded Record of that length
-//! frames: Header, then one Track per track in file_id order, then End
+//! frames: Header, one Track per track in file_id order, one Lock per
+//!         lock row, one Fault per replica fault, one Draining per
+//!         draining member, then End
 //! ```
 //!
 //! The End record repeats the track count and carries the BLAKE3 hash of
@@ -27,12 +29,12 @@ use super::rows::{
     TRACK_SELECT,
 };
 use super::write::{insert_tracks, write_applied_state, NewTrack};
-use super::{AppliedState, Catalog, CatalogError, SnapshotFormatError};
-use crate::model::{Cover, FileId, Manifest, NodeId, Track, TrackTags};
+use super::{AppliedState, Catalog, CatalogError, FaultRecord, SnapshotFormatError};
+use crate::model::{Cover, FileId, Lock, Manifest, NodeId, Track, TrackTags};
 
 /// Version of the stream layout written by this build. Import rejects any
 /// other version.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// Maximum encoded size of one record, most of which is the cover picture.
 /// The cap keeps a corrupt length prefix from making import allocate without
@@ -58,6 +60,9 @@ enum Record {
     Header(Header),
     Track(Box<TrackRecord>),
     End(End),
+    Lock(Lock),
+    Fault(FaultRecord),
+    Draining { node_id: NodeId, since_ms: i64 },
 }
 
 impl Record {
@@ -66,6 +71,9 @@ impl Record {
             Record::Header(_) => "header",
             Record::Track(_) => "track",
             Record::End(_) => "end marker",
+            Record::Lock(_) => "lock",
+            Record::Fault(_) => "replica fault",
+            Record::Draining { .. } => "draining node",
         }
     }
 }
@@ -158,6 +166,37 @@ impl Catalog {
                 written += 1;
             }
         }
+        for row in sqlx::query("SELECT name, owner, token, expires_at_ms FROM locks ORDER BY name")
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(CatalogError::database(OPERATION))?
+        {
+            write_frame(&mut out, &Record::Lock(super::locks::lock_from_row(&row)?))?;
+        }
+        for row in sqlx::query(
+            "SELECT file_id, node_id, fault, reported_at_ms FROM replica_faults \
+             ORDER BY file_id, node_id",
+        )
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(CatalogError::database(OPERATION))?
+        {
+            write_frame(
+                &mut out,
+                &Record::Fault(super::locks::fault_from_row(&row)?),
+            )?;
+        }
+        for row in sqlx::query("SELECT node_id, since_ms FROM draining_nodes ORDER BY node_id")
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(CatalogError::database(OPERATION))?
+        {
+            let record = Record::Draining {
+                node_id: column(&row, "node_id")?,
+                since_ms: column(&row, "since_ms")?,
+            };
+            write_frame(&mut out, &record)?;
+        }
         transaction
             .commit()
             .await
@@ -201,6 +240,9 @@ impl Catalog {
 
         let mut transaction = self.begin_write(OPERATION).await?;
         for table in [
+            "draining_nodes",
+            "replica_faults",
+            "locks",
             "search_terms",
             "covers",
             "manifests",
@@ -214,29 +256,46 @@ impl Catalog {
         }
 
         let mut batch = ImportBatch::default();
+        let mut locks = Vec::new();
+        let mut faults = Vec::new();
+        let mut draining = Vec::new();
         let mut index = 1_u64;
         let end = loop {
             let hash_before_frame = input.hasher.finalize();
             let (record, size_bytes) = read_frame_sized(&mut input, index)?;
             match record {
-                Record::Track(record) => {
+                Record::Track(record)
+                    if locks.is_empty() && faults.is_empty() && draining.is_empty() =>
+                {
                     batch.push(*record, size_bytes);
                     if batch.is_full() {
                         batch.flush(&mut transaction).await?;
                     }
                 }
+                Record::Lock(lock) if faults.is_empty() && draining.is_empty() => locks.push(lock),
+                Record::Fault(fault) if draining.is_empty() => faults.push(fault),
+                Record::Draining { node_id, since_ms } => draining.push((node_id, since_ms)),
                 Record::End(end) => {
                     if end.blake3 != *hash_before_frame.as_bytes() {
                         return Err(SnapshotFormatError::ChecksumMismatch.into());
                     }
                     break end;
                 }
-                other => return Err(unexpected(index, &other, "track or end marker")),
+                other => {
+                    return Err(unexpected(
+                        index,
+                        &other,
+                        "track, lock, replica fault, draining node or end marker in that order",
+                    ))
+                }
             }
             index += 1;
         };
         batch.flush(&mut transaction).await?;
         check_end(&mut input, &header, &end, batch.imported)?;
+        super::locks::insert_locks(&mut transaction, &locks).await?;
+        super::locks::insert_faults(&mut transaction, &faults).await?;
+        super::locks::insert_draining(&mut transaction, &draining).await?;
 
         if let Some(applied) = &header.applied {
             write_applied_state(&mut transaction, applied).await?;

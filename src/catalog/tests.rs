@@ -209,14 +209,31 @@ on_both_databases!(
     snapshot_round_trip_is_identical,
     snapshot_of_empty_catalog_clears,
     snapshot_rejects_bad_input,
+    locks_grant_renew_expire_and_release,
+    fenced_set_replicas_needs_the_current_token,
+    replica_faults_are_recorded_and_cleared,
     #[ignore = "loads 100k tracks; run with --ignored to measure"]
     pages_stay_fast_at_scale,
 );
+
+mod locks;
+use locks::{
+    fenced_set_replicas_needs_the_current_token, locks_grant_renew_expire_and_release,
+    replica_faults_are_recorded_and_cleared,
+};
 
 // --- Test data ---
 
 fn file_id(n: u64) -> String {
     format!("{n:064x}")
+}
+
+/// The clock of the entry at `index`, one second of leader time apart.
+fn at(index: u64) -> EntryClock {
+    EntryClock {
+        log_index: index,
+        at_ms: index as i64 * 1_000,
+    }
 }
 
 fn entry(index: u64) -> AppliedState {
@@ -299,7 +316,13 @@ async fn add_all(catalog: &Catalog, tracks: Vec<Track>) -> anyhow::Result<()> {
     let entries: Vec<_> = tracks
         .into_iter()
         .enumerate()
-        .map(|(index, track)| (entry(index as u64 + 1), Some(add_command(track, None))))
+        .map(|(index, track)| {
+            (
+                entry(index as u64 + 1),
+                Some(add_command(track, None)),
+                at(index as u64 + 1),
+            )
+        })
         .collect();
     let outcomes = catalog.apply_batch(&entries).await?;
     ensure!(
@@ -345,6 +368,8 @@ struct Contents {
     covers: Vec<Option<Cover>>,
     replica_sets: Vec<ReplicaSet>,
     search: Vec<String>,
+    locks: Vec<crate::model::Lock>,
+    faults: Vec<FaultRecord>,
 }
 
 async fn contents(catalog: &Catalog) -> anyhow::Result<Contents> {
@@ -386,6 +411,8 @@ async fn contents(catalog: &Catalog) -> anyhow::Result<Contents> {
             .replica_sets(None, MAX_REPLICA_SETS_PAGE_LIMIT)
             .await?,
         search,
+        locks: catalog.locks().await?,
+        faults: catalog.all_replica_faults().await?,
     })
 }
 
@@ -402,7 +429,7 @@ async fn add_track_reads_back_everything(databases: &mut TestDatabases) -> anyho
     let mut full = track(1, "Jóga");
     full.has_cover = true;
     let command = add_command(full.clone(), Some(cover(1)));
-    let outcome = catalog.apply(&entry(1), Some(&command)).await?;
+    let outcome = catalog.apply(&entry(1), Some(&command), at(1)).await?;
     assert_eq!(
         outcome,
         ApplyOutcome::TrackAdded {
@@ -430,7 +457,7 @@ async fn add_track_reads_back_everything(databases: &mut TestDatabases) -> anyho
         manifest: empty_manifest.clone(),
         cover: None,
     };
-    catalog.apply(&entry(2), Some(&command)).await?;
+    catalog.apply(&entry(2), Some(&command), at(2)).await?;
     assert_eq!(catalog.track(&file_id(2)).await?, Some(bare));
     assert_eq!(catalog.manifest(&file_id(2)).await?, Some(empty_manifest));
     assert_eq!(catalog.cover(&file_id(2)).await?, None);
@@ -439,7 +466,7 @@ async fn add_track_reads_back_everything(databases: &mut TestDatabases) -> anyho
     let mut claims_cover = track(3, "claims a cover");
     claims_cover.has_cover = true;
     catalog
-        .apply(&entry(3), Some(&add_command(claims_cover, None)))
+        .apply(&entry(3), Some(&add_command(claims_cover, None)), at(3))
         .await?;
     let stored = catalog
         .track(&file_id(3))
@@ -457,7 +484,7 @@ async fn add_track_reads_back_everything(databases: &mut TestDatabases) -> anyho
     let mut huge = track(4, "huge");
     huge.size_bytes = u64::MAX;
     let error = catalog
-        .apply(&entry(4), Some(&add_command(huge, None)))
+        .apply(&entry(4), Some(&add_command(huge, None)), at(4))
         .await;
     assert!(
         matches!(
@@ -479,6 +506,7 @@ async fn add_track_twice_changes_nothing(databases: &mut TestDatabases) -> anyho
         .apply(
             &entry(1),
             Some(&add_command(original.clone(), Some(cover(1)))),
+            at(1),
         )
         .await?;
     assert_eq!(
@@ -492,7 +520,7 @@ async fn add_track_twice_changes_nothing(databases: &mut TestDatabases) -> anyho
     let mut changed = track(1, "Second");
     changed.replicas = vec!["n9".to_owned()];
     let outcome = catalog
-        .apply(&entry(2), Some(&add_command(changed, None)))
+        .apply(&entry(2), Some(&add_command(changed, None)), at(2))
         .await?;
     assert_eq!(
         outcome,
@@ -526,8 +554,10 @@ async fn set_replicas_replaces_the_list(databases: &mut TestDatabases) -> anyhow
     let command = Command::SetReplicas {
         file_id: file_id(3),
         replicas: replicas.clone(),
+        verified: Vec::new(),
+        fence: None,
     };
-    let outcome = catalog.apply(&entry(10), Some(&command)).await?;
+    let outcome = catalog.apply(&entry(10), Some(&command), at(10)).await?;
     assert_eq!(
         outcome,
         ApplyOutcome::ReplicasSet {
@@ -549,8 +579,10 @@ async fn set_replicas_replaces_the_list(databases: &mut TestDatabases) -> anyhow
     let command = Command::SetReplicas {
         file_id: file_id(42),
         replicas: vec!["n1".to_owned()],
+        verified: Vec::new(),
+        fence: None,
     };
-    let outcome = catalog.apply(&entry(11), Some(&command)).await?;
+    let outcome = catalog.apply(&entry(11), Some(&command), at(11)).await?;
     assert_eq!(
         outcome,
         ApplyOutcome::ReplicasTrackNotFound {
@@ -584,18 +616,18 @@ async fn applied_state_shares_the_transaction(databases: &mut TestDatabases) -> 
         last_membership: r#"{"voters":["n1"]}"#.to_owned(),
     };
     assert_eq!(
-        catalog.apply(&membership_only, None).await?,
+        catalog.apply(&membership_only, None, at(0)).await?,
         ApplyOutcome::NoCommand
     );
     assert_eq!(catalog.applied_state().await?, Some(membership_only));
-    catalog.apply(&entry(5), None).await?;
+    catalog.apply(&entry(5), None, at(5)).await?;
     assert_eq!(catalog.applied_state().await?, Some(entry(5)));
 
     println!("phase: a failing command leaves the previous state");
     let mut bad = track(1, "bad");
     bad.tags.duration_ms = Some(u64::MAX);
     let result = catalog
-        .apply(&entry(6), Some(&add_command(bad, None)))
+        .apply(&entry(6), Some(&add_command(bad, None)), at(6))
         .await;
     assert!(
         matches!(result, Err(CatalogError::ValueOutOfRange { .. })),
@@ -606,7 +638,7 @@ async fn applied_state_shares_the_transaction(databases: &mut TestDatabases) -> 
 
     println!("phase: a command and its state commit together");
     catalog
-        .apply(&entry(6), Some(&add_command(track(1, "good"), None)))
+        .apply(&entry(6), Some(&add_command(track(1, "good"), None)), at(6))
         .await?;
     assert_eq!(catalog.applied_state().await?, Some(entry(6)));
     assert_eq!(catalog.track_count().await?, 1);
@@ -620,16 +652,23 @@ async fn apply_batch_is_all_or_nothing(databases: &mut TestDatabases) -> anyhow:
 
     println!("phase: a batch applies in log order and stores the last state");
     let entries = vec![
-        (entry(1), Some(add_command(track(1, "one"), None))),
-        (entry(2), None),
+        (entry(1), Some(add_command(track(1, "one"), None)), at(1)),
+        (entry(2), None, at(2)),
         (
             entry(3),
             Some(Command::SetReplicas {
                 file_id: file_id(1),
                 replicas: vec!["n7".to_owned()],
+                verified: Vec::new(),
+                fence: None,
             }),
+            at(3),
         ),
-        (entry(4), Some(add_command(track(1, "one again"), None))),
+        (
+            entry(4),
+            Some(add_command(track(1, "one again"), None)),
+            at(4),
+        ),
     ];
     let outcomes = catalog.apply_batch(&entries).await?;
     assert_eq!(
@@ -658,8 +697,8 @@ async fn apply_batch_is_all_or_nothing(databases: &mut TestDatabases) -> anyhow:
     let mut bad = track(3, "bad");
     bad.size_bytes = u64::MAX;
     let entries = vec![
-        (entry(5), Some(add_command(track(2, "two"), None))),
-        (entry(6), Some(add_command(bad, None))),
+        (entry(5), Some(add_command(track(2, "two"), None)), at(5)),
+        (entry(6), Some(add_command(bad, None)), at(6)),
     ];
     let result = catalog.apply_batch(&entries).await;
     assert!(
@@ -675,7 +714,7 @@ async fn reconnect_keeps_data(databases: &mut TestDatabases) -> anyhow::Result<(
     let url = databases.fresh_url().await?;
     let catalog = databases.connect(&url).await?;
     catalog
-        .apply(&entry(1), Some(&add_command(track(1, "kept"), None)))
+        .apply(&entry(1), Some(&add_command(track(1, "kept"), None)), at(1))
         .await?;
     catalog.close().await;
 
@@ -1042,15 +1081,38 @@ async fn populate_for_snapshot(catalog: &Catalog, count: u64) -> anyhow::Result<
         }
         let cover = (n % 2 == 0).then(|| cover(n));
         track.has_cover = cover.is_some();
-        entries.push((entry(n), Some(add_command(track, cover))));
+        entries.push((entry(n), Some(add_command(track, cover)), at(n)));
     }
     entries.push((
         entry(count + 1),
         Some(Command::SetReplicas {
             file_id: file_id(1),
             replicas: vec!["n5".to_owned()],
+            verified: Vec::new(),
+            fence: None,
         }),
+        at(count + 1),
     ));
+    let more = [
+        Command::AcquireLock {
+            name: "repair/1".to_owned(),
+            owner: "n2".to_owned(),
+            ttl_ms: 60_000,
+        },
+        Command::ReportReplicaFault {
+            file_id: file_id(2),
+            node_id: "n3".to_owned(),
+            fault: crate::model::ReplicaFault::Corrupt,
+        },
+        Command::ReportReplicaFault {
+            file_id: file_id(4),
+            node_id: "n1".to_owned(),
+            fault: crate::model::ReplicaFault::Missing,
+        },
+    ];
+    for (offset, command) in (2..).zip(more) {
+        entries.push((entry(count + offset), Some(command), at(count + offset)));
+    }
     catalog.apply_batch(&entries).await?;
     Ok(())
 }
@@ -1061,13 +1123,13 @@ async fn snapshot_round_trip_is_identical(databases: &mut TestDatabases) -> anyh
     populate_for_snapshot(&source, 150).await?;
     let mut snapshot = Vec::new();
     let exported = source.export_snapshot(&mut snapshot).await?;
-    assert_eq!(exported, Some(entry(151)));
+    assert_eq!(exported, Some(entry(154)));
 
     println!("phase: import replaces the previous contents of the target");
     let target = databases.fresh_catalog().await?;
     add_all(&target, vec![track(500, "to be replaced")]).await?;
     let imported = target.import_snapshot(snapshot.as_slice()).await?;
-    assert_eq!(imported, Some(entry(151)));
+    assert_eq!(imported, Some(entry(154)));
     assert_eq!(target.track(&file_id(500)).await?, None);
 
     println!("phase: every read of the target matches the source");
@@ -1299,7 +1361,7 @@ async fn pages_stay_fast_at_scale(databases: &mut TestDatabases) -> anyhow::Resu
         let album = synthetic_word(&mut state);
         let mut track = tagged(n, &title, Some(&artist), Some(&album));
         track.tags.track_number = Some(u32::try_from(n % 17)?);
-        batch.push((entry(n), Some(add_command(track, None))));
+        batch.push((entry(n), Some(add_command(track, None)), at(n)));
         if batch.len() == 1_000 {
             catalog.apply_batch(&batch).await?;
             batch.clear();

@@ -6,12 +6,15 @@ use std::collections::HashSet;
 use sqlx::AnyConnection;
 
 use super::keys::search_terms;
+use super::locks::{
+    acquire_lock, clear_faults, fence_holds, record_fault, release_lock, set_draining,
+};
 use super::rows::{
     bind_track, column, AnyQuery, ManifestRow, TrackRow, TRACK_INSERT_COLUMNS,
     TRACK_INSERT_COLUMN_COUNT,
 };
-use super::{encode_replicas, AppliedState, ApplyOutcome, Catalog, CatalogError};
-use crate::model::{Command, Cover, FileId, Manifest, NodeId, Track};
+use super::{encode_replicas, AppliedState, ApplyOutcome, Catalog, CatalogError, EntryClock};
+use crate::model::{Command, Cover, Fence, FileId, Manifest, NodeId, Track};
 
 /// Maximum bind parameters in one statement. SQLite's default limit is
 /// 32766 (since 3.32) and PostgreSQL's is 65535, so multi-row inserts are
@@ -34,17 +37,20 @@ impl Catalog {
     /// changes nothing. The stored `has_cover` is whether the command
     /// carries a cover, whatever the value of `track.has_cover`. `SetReplicas`
     /// replaces the replica set of an existing track and changes nothing for
-    /// an unknown `file_id`. Both cases are reported in the outcome rather
-    /// than as errors, so every node applies the same log identically.
+    /// an unknown `file_id` or a fence that no longer holds. Lock commands
+    /// take their token and time from `clock`. Every such case is reported
+    /// in the outcome rather than as an error, so every node applies the
+    /// same log identically.
     pub async fn apply(
         &self,
         applied: &AppliedState,
         command: Option<&Command>,
+        clock: EntryClock,
     ) -> Result<ApplyOutcome, CatalogError> {
         const OPERATION: &str = "apply entry";
         let mut transaction = self.begin_write(OPERATION).await?;
 
-        let outcome = apply_command(&mut transaction, command).await?;
+        let outcome = apply_command(&mut transaction, command, clock).await?;
         write_applied_state(&mut transaction, applied).await?;
 
         transaction
@@ -61,17 +67,17 @@ impl Catalog {
     /// or, on error, none is.
     pub async fn apply_batch(
         &self,
-        entries: &[(AppliedState, Option<Command>)],
+        entries: &[(AppliedState, Option<Command>, EntryClock)],
     ) -> Result<Vec<ApplyOutcome>, CatalogError> {
         const OPERATION: &str = "apply entry batch";
-        let Some((last_applied, _)) = entries.last() else {
+        let Some((last_applied, _, _)) = entries.last() else {
             return Ok(Vec::new());
         };
         let mut transaction = self.begin_write(OPERATION).await?;
 
         let mut outcomes = Vec::with_capacity(entries.len());
-        for (_, command) in entries {
-            outcomes.push(apply_command(&mut transaction, command.as_ref()).await?);
+        for (_, command, clock) in entries {
+            outcomes.push(apply_command(&mut transaction, command.as_ref(), *clock).await?);
         }
         write_applied_state(&mut transaction, last_applied).await?;
 
@@ -87,6 +93,7 @@ impl Catalog {
 async fn apply_command(
     connection: &mut AnyConnection,
     command: Option<&Command>,
+    clock: EntryClock,
 ) -> Result<ApplyOutcome, CatalogError> {
     match command {
         None => Ok(ApplyOutcome::NoCommand),
@@ -108,8 +115,37 @@ async fn apply_command(
                 ApplyOutcome::TrackAlreadyPresent { file_id }
             })
         }
-        Some(Command::SetReplicas { file_id, replicas }) => {
-            set_replicas(connection, file_id, replicas).await
+        Some(Command::SetReplicas {
+            file_id,
+            replicas,
+            verified,
+            fence,
+        }) => {
+            set_replicas(
+                connection,
+                file_id,
+                replicas,
+                verified,
+                fence.as_ref(),
+                clock,
+            )
+            .await
+        }
+        Some(Command::AcquireLock {
+            name,
+            owner,
+            ttl_ms,
+        }) => acquire_lock(connection, name, owner, *ttl_ms, clock).await,
+        Some(Command::ReleaseLock { name, owner, token }) => {
+            release_lock(connection, name, owner, *token, clock).await
+        }
+        Some(Command::ReportReplicaFault {
+            file_id,
+            node_id,
+            fault,
+        }) => record_fault(connection, file_id, node_id, *fault, clock).await,
+        Some(Command::SetDraining { node_id, draining }) => {
+            set_draining(connection, node_id, *draining, clock).await
         }
     }
 }
@@ -118,7 +154,17 @@ async fn set_replicas(
     connection: &mut AnyConnection,
     file_id: &FileId,
     replicas: &[NodeId],
+    verified: &[NodeId],
+    fence: Option<&Fence>,
+    clock: EntryClock,
 ) -> Result<ApplyOutcome, CatalogError> {
+    if let Some(fence) = fence {
+        if !fence_holds(connection, fence, None, clock).await? {
+            return Ok(ApplyOutcome::LockNotHeld {
+                name: fence.lock.clone(),
+            });
+        }
+    }
     let result = sqlx::query("UPDATE tracks SET replicas = $1 WHERE file_id = $2")
         .bind(encode_replicas(replicas))
         .bind(file_id.as_str())
@@ -126,11 +172,14 @@ async fn set_replicas(
         .await
         .map_err(CatalogError::database("set replicas"))?;
 
-    let file_id = file_id.clone();
-    Ok(if result.rows_affected() == 0 {
-        ApplyOutcome::ReplicasTrackNotFound { file_id }
-    } else {
-        ApplyOutcome::ReplicasSet { file_id }
+    if result.rows_affected() == 0 {
+        return Ok(ApplyOutcome::ReplicasTrackNotFound {
+            file_id: file_id.clone(),
+        });
+    }
+    clear_faults(connection, file_id, replicas, verified).await?;
+    Ok(ApplyOutcome::ReplicasSet {
+        file_id: file_id.clone(),
     })
 }
 

@@ -24,7 +24,7 @@ pub use log_store::LogStore;
 pub use network::Network;
 pub use state_machine::StateMachine;
 
-use crate::model::{Command, NodeId};
+use crate::model::{Command, NodeId, WriteOutcome};
 
 /// The Raft node id: the first 8 bytes of SHA-256 of the string node id.
 pub type RaftId = u64;
@@ -61,6 +61,20 @@ impl std::fmt::Display for Request {
         match &self.command {
             Command::AddTrack { track, .. } => write!(f, "add_track({})", track.file_id),
             Command::SetReplicas { file_id, .. } => write!(f, "set_replicas({file_id})"),
+            Command::AcquireLock { name, owner, .. } => write!(f, "acquire_lock({name}, {owner})"),
+            Command::ReleaseLock { name, owner, .. } => write!(f, "release_lock({name}, {owner})"),
+            Command::SetDraining { node_id, draining } => {
+                write!(f, "set_draining({node_id}, {draining})")
+            }
+            Command::ReportReplicaFault {
+                file_id,
+                node_id,
+                fault,
+            } => write!(
+                f,
+                "report_replica_fault({file_id}, {node_id}, {})",
+                fault.label()
+            ),
         }
     }
 }
@@ -68,9 +82,7 @@ impl std::fmt::Display for Request {
 /// What applying one entry produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
-    /// False when the entry changed nothing, for example an `AddTrack` for a
-    /// file that is already in the catalog.
-    pub changed: bool,
+    pub outcome: WriteOutcome,
 }
 
 openraft::declare_raft_types!(
@@ -110,6 +122,9 @@ impl Default for RaftSettings {
     /// Heartbeats every 100 ms and elections after 600 to 1200 ms of
     /// silence: several missed heartbeats before a follower gives up on a
     /// leader, which keeps a loaded 2-core node from triggering elections.
+    /// openraft 0.9 draws each node's election timeout from the range once,
+    /// at start.
+    ///
     /// A snapshot every 5,000 entries keeps restarts short; 1,000 entries
     /// kept after it cover a follower that was down for a few minutes of
     /// uploads.
@@ -198,6 +213,24 @@ pub async fn add_voter(
         let mut add = BTreeSet::new();
         add.insert(id);
         raft.change_membership(ChangeMembers::AddVoterIds(add), false)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes the member `id` from the voters, then from the membership. Must
+/// run on the leader.
+pub async fn remove_member(
+    raft: &DispotifyRaft,
+    id: RaftId,
+) -> Result<(), RaftError<RaftId, ClientWriteError<RaftId, Member>>> {
+    let removed: BTreeSet<RaftId> = [id].into_iter().collect();
+    if is_voter(raft, id) {
+        raft.change_membership(ChangeMembers::RemoveVoters(removed.clone()), false)
+            .await?;
+    }
+    if members_of(raft).contains_key(&id) {
+        raft.change_membership(ChangeMembers::RemoveNodes(removed), false)
             .await?;
     }
     Ok(())

@@ -20,8 +20,8 @@ use openraft::{
 use tokio::io::AsyncSeekExt;
 
 use super::{Member, RaftId, Request, Response, TypeConfig};
-use crate::catalog::{AppliedState, ApplyOutcome, Catalog};
-use crate::model::Command;
+use crate::catalog::{AppliedState, ApplyOutcome, Catalog, EntryClock};
+use crate::model::{Command, WriteOutcome};
 
 /// The last applied log id and the membership in force after it.
 type AppliedPosition = (Option<LogId<RaftId>>, StoredMembership<RaftId, Member>);
@@ -113,6 +113,39 @@ fn stamp(request: Request) -> Command {
             }
         }
         other => other,
+    }
+}
+
+/// The part of an apply outcome that the proposer of the entry is told.
+fn write_outcome(outcome: ApplyOutcome) -> WriteOutcome {
+    match outcome {
+        ApplyOutcome::TrackAdded { .. }
+        | ApplyOutcome::ReplicasSet { .. }
+        | ApplyOutcome::LockReleased { .. }
+        | ApplyOutcome::FaultRecorded { .. }
+        | ApplyOutcome::DrainingSet { .. } => WriteOutcome::Changed,
+        ApplyOutcome::NoCommand
+        | ApplyOutcome::TrackAlreadyPresent { .. }
+        | ApplyOutcome::ReplicasTrackNotFound { .. }
+        | ApplyOutcome::FaultTrackNotFound { .. }
+        | ApplyOutcome::DrainingUnchanged { .. } => WriteOutcome::Unchanged,
+        ApplyOutcome::LockGranted {
+            token,
+            expires_at_ms,
+            ..
+        } => WriteOutcome::LockGranted {
+            token,
+            expires_at_ms,
+        },
+        ApplyOutcome::LockHeld {
+            owner,
+            expires_at_ms,
+            ..
+        } => WriteOutcome::LockHeld {
+            owner,
+            expires_at_ms,
+        },
+        ApplyOutcome::LockNotHeld { name } => WriteOutcome::LockNotHeld { lock: name },
     }
 }
 
@@ -209,9 +242,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         for entry in entries {
             let log_id = entry.log_id;
+            let mut clock = EntryClock {
+                log_index: log_id.index,
+                at_ms: 0,
+            };
             let command = match entry.payload {
                 EntryPayload::Blank => None,
-                EntryPayload::Normal(request) => Some(stamp(request)),
+                EntryPayload::Normal(request) => {
+                    clock.at_ms = request.at_ms;
+                    Some(stamp(request))
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(log_id), m);
                     None
@@ -221,14 +261,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::apply(log_id, e))?;
             let outcome = self
                 .catalog
-                .apply(&state, command.as_ref())
+                .apply(&state, command.as_ref(), clock)
                 .await
                 .map_err(|e| StorageIOError::apply(log_id, AnyError::new(&e)))?;
-            let changed = matches!(
-                outcome,
-                ApplyOutcome::TrackAdded { .. } | ApplyOutcome::ReplicasSet { .. }
-            );
-            responses.push(Response { changed });
+            responses.push(Response {
+                outcome: write_outcome(outcome),
+            });
         }
         Ok(responses)
     }

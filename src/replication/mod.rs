@@ -8,14 +8,111 @@
 //! chunk's BLAKE3 before writing it), and `replicate_finish` (control RPC,
 //! the replica checks the whole SHA-256, fsyncs and renames, then answers).
 
+mod copy;
 mod protocol;
 mod push;
 mod read;
 mod receive;
+mod reconcile;
+mod repair;
+mod scrub;
+mod throttle;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+pub use copy::{copy_to, drop_replica};
 pub use push::store_with_quorum;
 pub use read::read_range;
 pub use receive::{begin_receive, discard, finish_receive, receive_janitor, serve_bulk, Receiving};
+pub use reconcile::reconcile_worker;
+pub use repair::{plan_file, repair_worker, ActiveRepair, Plan, RepairStatus};
+pub use scrub::{
+    is_corruption, quarantine_and_report, quarantine_in_background, scrub_worker, ScrubProgress,
+};
+pub use throttle::Throttle;
+
+use crate::config::RepairSettings;
+use crate::model::NodeId;
+
+/// State of a node's upkeep work: scrub progress, the repair scheduler's
+/// status, the rate limits they share, and whether the first
+/// reconciliation has run.
+#[derive(Debug)]
+pub struct Upkeep {
+    pub scrub_throttle: Throttle,
+    pub repair_throttle: Throttle,
+    scrub: Mutex<ScrubProgress>,
+    repair: Mutex<RepairStatus>,
+    reconciled: AtomicBool,
+    /// The scrub progress and repair status each peer reported in its last
+    /// health-check reply.
+    peers: Mutex<HashMap<NodeId, PeerReport>>,
+}
+
+/// What one peer last reported about its upkeep.
+#[derive(Clone, Debug, Default)]
+pub struct PeerReport {
+    pub scrub: ScrubProgress,
+    pub repair: Option<RepairStatus>,
+}
+
+impl Upkeep {
+    pub fn new(settings: &RepairSettings) -> Upkeep {
+        Upkeep {
+            scrub_throttle: Throttle::new(settings.scrub_bytes_per_sec),
+            repair_throttle: Throttle::new(settings.bytes_per_sec),
+            scrub: Mutex::default(),
+            repair: Mutex::default(),
+            reconciled: AtomicBool::new(false),
+            peers: Mutex::default(),
+        }
+    }
+
+    // Each update below is a short closure over plain counters, so a panic
+    // inside one cannot leave the state half-changed in a way that matters.
+    pub fn update_scrub<T>(&self, update: impl FnOnce(&mut ScrubProgress) -> T) -> T {
+        update(&mut self.scrub.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn scrub(&self) -> ScrubProgress {
+        self.update_scrub(|p| p.clone())
+    }
+
+    pub fn update_repair<T>(&self, update: impl FnOnce(&mut RepairStatus) -> T) -> T {
+        update(&mut self.repair.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn repair(&self) -> RepairStatus {
+        self.update_repair(|s| s.clone())
+    }
+
+    pub fn record_peer(&self, node_id: &str, scrub: ScrubProgress, repair: Option<RepairStatus>) {
+        let report = PeerReport { scrub, repair };
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node_id.to_string(), report);
+    }
+
+    /// The last report of `node_id`, if it ever answered a health check.
+    pub fn peer(&self, node_id: &str) -> Option<PeerReport> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node_id)
+            .cloned()
+    }
+
+    pub fn mark_reconciled(&self) {
+        self.reconciled.store(true, Ordering::Release);
+    }
+
+    pub fn is_reconciled(&self) -> bool {
+        self.reconciled.load(Ordering::Acquire)
+    }
+}
 
 /// Byte range `[from, to)` within chunk `index` that a request for bytes
 /// `start..=end_inclusive` of a blob needs.

@@ -175,6 +175,8 @@ async fn complete_in_background(
     let command = Command::SetReplicas {
         file_id: file_id.clone(),
         replicas: acknowledged.clone(),
+        verified: acknowledged.clone(),
+        fence: None,
     };
     match node::write(&node, command).await {
         Ok(_) => {
@@ -220,24 +222,59 @@ async fn push_with_retry(
     manifest: &Manifest,
     source: Arc<std::fs::File>,
 ) -> Result<(), String> {
-    match push(node, member, file_id, manifest, source.clone()).await {
+    let chunks = StagedChunks { file: source };
+    match push(node, member, file_id, manifest, chunks.clone()).await {
         Ok(()) => Ok(()),
         Err(first) => {
             tracing::info!(file_id, peer = %member.name, error = %first, "push failed, retrying once");
             tokio::time::sleep(PUSH_RETRY_DELAY).await;
-            push(node, member, file_id, manifest, source).await
+            push(node, member, file_id, manifest, chunks).await
         }
+    }
+}
+
+/// Where a push reads the chunks it sends.
+pub(super) trait ChunkSource: Clone + Send + Sync + 'static {
+    /// Reads chunk `index` of a blob described by `manifest`.
+    fn read(
+        &self,
+        manifest: &Manifest,
+        index: usize,
+    ) -> impl std::future::Future<Output = Result<Bytes, String>> + Send;
+}
+
+/// The chunks of a staged upload, read from its open file. The replica
+/// verifies each one, so they are not verified here.
+#[derive(Clone)]
+struct StagedChunks {
+    file: Arc<std::fs::File>,
+}
+
+impl ChunkSource for StagedChunks {
+    async fn read(&self, manifest: &Manifest, index: usize) -> Result<Bytes, String> {
+        let chunk_size = u64::from(manifest.chunk_size);
+        let len = super::chunk_len(index as u64, chunk_size, manifest.size_bytes) as usize;
+        let offset = index as u64 * chunk_size;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut buffer = vec![0u8; len];
+            file.read_exact_at(&mut buffer, offset)
+                .map(|()| Bytes::from(buffer))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("read staged chunk {index}: {e}"))
     }
 }
 
 /// Pushes one blob to one replica: begin, chunks over parallel bulk
 /// streams, finish.
-async fn push(
+pub(super) async fn push(
     node: &Node,
     member: &Member,
     file_id: &str,
     manifest: &Manifest,
-    source: Arc<std::fs::File>,
+    chunks: impl ChunkSource,
 ) -> Result<(), String> {
     let client = node::rpc_client(node, member)
         .await
@@ -260,7 +297,7 @@ async fn push(
     let chunk_count = manifest.chunk_hashes.len();
     let streams = PUSH_STREAMS_PER_REPLICA.min(chunk_count).max(1);
     let stripes = (0..streams).map(|stripe| {
-        let source = source.clone();
+        let chunks = chunks.clone();
         async move {
             let (mut send, mut recv) = node
                 .endpoint
@@ -277,7 +314,7 @@ async fn push(
             .await
             .map_err(|e| e.to_string())?;
             for index in (stripe..chunk_count).step_by(streams) {
-                let bytes = read_chunk(&source, manifest, index).await?;
+                let bytes = chunks.read(manifest, index).await?;
                 let len = bytes.len() as u64;
                 write_chunk_frame(&mut send, index as u32, bytes)
                     .await
@@ -306,26 +343,6 @@ async fn push(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
-}
-
-async fn read_chunk(
-    source: &Arc<std::fs::File>,
-    manifest: &Manifest,
-    index: usize,
-) -> Result<Bytes, String> {
-    let chunk_size = u64::from(manifest.chunk_size);
-    let len = super::chunk_len(index as u64, chunk_size, manifest.size_bytes) as usize;
-    let offset = index as u64 * chunk_size;
-    let source = source.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut buffer = vec![0u8; len];
-        source
-            .read_exact_at(&mut buffer, offset)
-            .map(|()| Bytes::from(buffer))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("read staged chunk {index}: {e}"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Verified reads of a byte range: from the local copy when there is one,
 //! otherwise from the replicas in turn, switching to the next source from
-//! the first chunk not yet sent when one fails mid-stream.
+//! the first chunk not yet sent when one fails mid-stream. A read from a
+//! replica runs up to [`STREAM_READ_AHEAD_BYTES`] of verified chunks ahead
+//! of the client, and the chunks read ahead from a failed replica are
+//! dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +13,13 @@ use dispotify_transport::{read_chunk_frame, read_header, write_header, StreamKin
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::protocol::{BulkReply, BulkRequest, MAX_BULK_HEADER_BYTES};
 use super::{chunk_len, chunk_slice};
 use crate::api::ApiError;
 use crate::consensus::{self, Member};
-use crate::limits::STREAM_BUFFER_CHUNKS;
+use crate::limits::{STREAM_BUFFER_CHUNKS, STREAM_READ_AHEAD_BYTES};
 use crate::metrics::Metrics;
 use crate::model::{Manifest, Track};
 use crate::node::Node;
@@ -160,7 +164,7 @@ async fn emit(
 }
 
 async fn from_local(
-    node: &Node,
+    node: &Arc<Node>,
     file_id: &str,
     manifest: &Manifest,
     cursor: &mut Cursor,
@@ -171,12 +175,21 @@ async fn from_local(
             .blobs
             .read_chunk(file_id, manifest, cursor.next_chunk as u32)
             .await
-            .map_err(|e| Stop::SourceFailed(e.to_string()))?;
+            .map_err(|error| {
+                if super::is_corruption(&error) {
+                    super::quarantine_in_background(node, file_id);
+                }
+                Stop::SourceFailed(error.to_string())
+            })?;
         emit(&node.metrics, cursor, manifest, bytes, tx).await?;
     }
     Ok(())
 }
 
+/// Streams from one remote replica over one bulk stream. A fetch task reads
+/// and verifies chunks up to [`ReadAhead::chunks`] ahead of the client,
+/// while this task sends earlier ones on. A failed chunk stops the source,
+/// and the fetch task is aborted when this function returns.
 async fn from_remote(
     node: &Node,
     member: &Member,
@@ -185,56 +198,166 @@ async fn from_remote(
     cursor: &mut Cursor,
     tx: &Sender,
 ) -> Result<(), Stop> {
-    let failed = |e: String| Stop::SourceFailed(e);
     let addr = node
         .discovery
         .resolve(&member.quic_addr)
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let (mut send, mut recv) = node
+        .map_err(|e| Stop::SourceFailed(e.to_string()))?;
+    let (send, recv) = node
         .endpoint
         .open_stream(&member.name, addr, StreamKind::Bulk)
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let request = BulkRequest::Fetch {
+        .map_err(|e| Stop::SourceFailed(e.to_string()))?;
+    let first = cursor.next_chunk as usize;
+    let last = cursor.last_chunk as usize;
+    let chunk_hashes = manifest.chunk_hashes.get(first..=last).ok_or_else(|| {
+        Stop::SourceFailed(format!(
+            "chunks {first}..={last} are outside the manifest's {} chunks",
+            manifest.chunk_hashes.len()
+        ))
+    })?;
+    let read_ahead = ReadAhead::for_chunk_size(u64::from(manifest.chunk_size));
+    let (chunk_tx, mut chunk_rx) = mpsc::channel(read_ahead.chunks);
+    let remote_fetch = RemoteFetch {
         file_id: file_id.to_string(),
-        first_chunk: cursor.next_chunk as u32,
-        last_chunk: cursor.last_chunk as u32,
+        first_chunk: cursor.next_chunk,
+        chunk_hashes: chunk_hashes.to_vec(),
+        max_chunk_bytes: manifest.chunk_size as usize,
     };
-    write_header(&mut send, &request, MAX_BULK_HEADER_BYTES)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let _ = send.finish();
-    match read_header(&mut recv, MAX_BULK_HEADER_BYTES)
-        .await
-        .map_err(|e| failed(e.to_string()))?
-    {
-        BulkReply::Ok => {}
-        BulkReply::Failed { detail } => return Err(failed(detail)),
-    }
-    let max_len = manifest.chunk_size as usize;
+    let _fetch_task = AbortOnDropHandle::new(tokio::spawn(remote_fetch.run(send, recv, chunk_tx)));
+
     while cursor.next_chunk <= cursor.last_chunk {
-        let frame = tokio::time::timeout(CHUNK_TIMEOUT, read_chunk_frame(&mut recv, max_len))
-            .await
-            .map_err(|_| failed(format!("no chunk within {CHUNK_TIMEOUT:?}")))?
-            .map_err(|e| failed(e.to_string()))?;
-        let Some((index, bytes)) = frame else {
-            return Err(failed("stream ended early".to_string()));
+        let bytes = match chunk_rx.recv().await {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(detail)) => return Err(Stop::SourceFailed(detail)),
+            None => return Err(Stop::SourceFailed("fetch task ended early".to_string())),
         };
-        if u64::from(index) != cursor.next_chunk {
-            return Err(failed(format!(
-                "sent chunk {index}, expected {}",
-                cursor.next_chunk
-            )));
-        }
-        let expected = manifest
-            .chunk_hashes
-            .get(index as usize)
-            .ok_or_else(|| failed(format!("chunk {index} out of range")))?;
-        if blake3::hash(&bytes).as_bytes() != expected {
-            return Err(failed(format!("chunk {index} failed BLAKE3 verification")));
-        }
         emit(&node.metrics, cursor, manifest, bytes, tx).await?;
     }
     Ok(())
+}
+
+/// How far a remote read runs ahead of the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReadAhead {
+    /// Verified chunks buffered between the fetch task and the sender.
+    chunks: usize,
+}
+
+impl ReadAhead {
+    /// Fits [`STREAM_READ_AHEAD_BYTES`] with chunks of `chunk_size` bytes,
+    /// at least one.
+    fn for_chunk_size(chunk_size: u64) -> ReadAhead {
+        let chunks = (STREAM_READ_AHEAD_BYTES / chunk_size.max(1)).max(1);
+        ReadAhead {
+            chunks: usize::try_from(chunks).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// A read of consecutive chunks from a remote replica.
+struct RemoteFetch {
+    file_id: String,
+    first_chunk: u64,
+    /// Committed BLAKE3 hashes of the chunks to read, in order.
+    chunk_hashes: Vec<[u8; 32]>,
+    max_chunk_bytes: usize,
+}
+
+impl RemoteFetch {
+    /// Requests the chunks on the bulk stream `send`/`recv` and passes each
+    /// on through `chunks` once it is verified against the committed
+    /// manifest. Stops after the first failure, which it passes on too, or
+    /// when the receiver is dropped.
+    async fn run(
+        self,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        chunks: mpsc::Sender<Result<Bytes, String>>,
+    ) {
+        if let Err(detail) = self.read(send, recv, &chunks).await {
+            let _ = chunks.send(Err(detail)).await;
+        }
+    }
+
+    async fn read(
+        &self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        chunks: &mpsc::Sender<Result<Bytes, String>>,
+    ) -> Result<(), String> {
+        let last_chunk = self.first_chunk + self.chunk_hashes.len() as u64 - 1;
+        let request = BulkRequest::Fetch {
+            file_id: self.file_id.clone(),
+            first_chunk: self.first_chunk as u32,
+            last_chunk: last_chunk as u32,
+        };
+        write_header(&mut send, &request, MAX_BULK_HEADER_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match read_header(&mut recv, MAX_BULK_HEADER_BYTES)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            BulkReply::Ok => {}
+            BulkReply::Failed { detail } => return Err(detail),
+        }
+
+        for (expected_index, expected_hash) in (self.first_chunk..).zip(&self.chunk_hashes) {
+            let frame = tokio::time::timeout(
+                CHUNK_TIMEOUT,
+                read_chunk_frame(&mut recv, self.max_chunk_bytes),
+            )
+            .await
+            .map_err(|_| format!("no chunk within {CHUNK_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+            let Some((index, bytes)) = frame else {
+                return Err("stream ended early".to_string());
+            };
+            if u64::from(index) != expected_index {
+                return Err(format!("sent chunk {index}, expected {expected_index}"));
+            }
+            if blake3::hash(&bytes).as_bytes() != expected_hash {
+                return Err(format!("chunk {index} failed BLAKE3 verification"));
+            }
+            if chunks.send(Ok(bytes)).await.is_err() {
+                // The stream moved on or the client went away.
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn read_ahead_of_default_chunks() {
+        let read_ahead = ReadAhead::for_chunk_size(MIB);
+        assert_eq!(read_ahead.chunks as u64, STREAM_READ_AHEAD_BYTES / MIB);
+    }
+
+    #[test]
+    fn read_ahead_rounds_down_to_whole_chunks() {
+        let chunk_size = 3 * MIB;
+        let read_ahead = ReadAhead::for_chunk_size(chunk_size);
+        assert!(read_ahead.chunks as u64 * chunk_size <= STREAM_READ_AHEAD_BYTES);
+        assert!((read_ahead.chunks as u64 + 1) * chunk_size > STREAM_READ_AHEAD_BYTES);
+    }
+
+    #[test]
+    fn read_ahead_of_huge_chunks_keeps_one() {
+        assert_eq!(ReadAhead::for_chunk_size(16 * MIB).chunks, 1);
+    }
+
+    #[test]
+    fn read_ahead_of_zero_chunk_size_is_bounded() {
+        let read_ahead = ReadAhead::for_chunk_size(0);
+        assert_eq!(read_ahead.chunks as u64, STREAM_READ_AHEAD_BYTES);
+    }
 }

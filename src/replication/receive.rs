@@ -272,7 +272,7 @@ async fn receive_chunks(
 }
 
 async fn send_chunks(
-    node: &Node,
+    node: &Arc<Node>,
     file_id: &str,
     first_chunk: u32,
     last_chunk: u32,
@@ -326,6 +326,9 @@ async fn send_chunks(
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(file_id, chunk_index = index, %error, "cannot serve chunk to peer");
+                if super::is_corruption(&error) {
+                    super::quarantine_in_background(node, file_id);
+                }
                 let _ = send.reset(quinn::VarInt::from_u32(1));
                 return;
             }

@@ -1,6 +1,7 @@
 //! End-to-end tests of a cluster of real node processes over real QUIC with
 //! real certificates, on loopback.
 
+mod healing;
 mod support;
 
 use std::collections::HashMap;
@@ -376,6 +377,17 @@ async fn wait_for_full_replica_set(
     file_id: &str,
     count: usize,
 ) -> Result<usize> {
+    let replicas = wait_for_replicas(cluster, file_id, count).await?;
+    cluster
+        .nodes
+        .iter()
+        .position(|n| !replicas.contains(&n.id))
+        .context("every node is a replica")
+}
+
+/// Waits until every node lists the same `count` replicas for the track,
+/// and returns them.
+async fn wait_for_replicas(cluster: &Cluster, file_id: &str, count: usize) -> Result<Vec<String>> {
     // Every node must have applied the full replica set, not only the
     // uploader: a node that lags would answer 404 for the track.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -399,11 +411,7 @@ async fn wait_for_full_replica_set(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    cluster
-        .nodes
-        .iter()
-        .position(|n| !replicas.contains(&n.id))
-        .context("every node is a replica")
+    Ok(replicas)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,6 +44,14 @@ fn free_udp_port() -> Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The QUIC addresses of one node when something sits in front of its
+/// port: the node binds `listen` and tells other nodes to dial `advertise`.
+#[derive(Clone, Copy, Debug)]
+pub struct QuicAddrs {
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+}
+
 /// Settings of a test cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -54,6 +62,9 @@ pub struct ClusterOptions {
     pub database_urls: Vec<String>,
     /// TOML settings given to every node through `--config`.
     pub config_toml: Option<String>,
+    /// QUIC addresses per node; when empty, each node binds a free loopback
+    /// port and advertises it as it is.
+    pub quic_addrs: Vec<QuicAddrs>,
 }
 
 impl Default for ClusterOptions {
@@ -64,6 +75,7 @@ impl Default for ClusterOptions {
             max_upload_bytes: None,
             database_urls: Vec::new(),
             config_toml: None,
+            quic_addrs: Vec::new(),
         }
     }
 }
@@ -114,6 +126,16 @@ impl TestNode {
         }
     }
 
+    /// Returns how the process ended, if it has ended since it was started,
+    /// without waiting.
+    // The fault suite uses this; the cluster tests share the file.
+    #[allow(dead_code)]
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.spawn()
@@ -150,7 +172,16 @@ impl Cluster {
         let mut seed = None;
         for (index, id) in ids.iter().enumerate() {
             let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()?).parse()?;
-            let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
+            let quic = match options.quic_addrs.get(index) {
+                Some(addrs) => *addrs,
+                None => {
+                    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
+                    QuicAddrs {
+                        listen: addr,
+                        advertise: addr,
+                    }
+                }
+            };
             let data_dir = dir.path().join(id);
             std::fs::create_dir_all(&data_dir)?;
             let certs_dir = certs_root.join(id);
@@ -159,14 +190,15 @@ impl Cluster {
                 format!("--id={id}"),
                 format!("--data-dir={}", data_dir.display()),
                 format!("--http={http}"),
-                format!("--quic={quic}"),
+                format!("--quic={}", quic.listen),
+                format!("--advertise-quic={}", quic.advertise),
                 format!("--certs={}", certs_dir.display()),
                 format!("--replication-factor={}", options.replication_factor),
             ];
             match seed {
                 None => {
                     args.push("--bootstrap".to_string());
-                    seed = Some(quic);
+                    seed = Some(quic.advertise);
                 }
                 Some(seed) => args.push(format!("--seeds={seed}")),
             }
