@@ -989,6 +989,16 @@ mod tests {
             .as_deref()
             .is_some_and(|name| name.starts_with("too-large"))
         {
+            // Answer before reading the body, then discard the rest of it
+            // while the response goes out. Closing at once would let the
+            // client's body write fail with a broken pipe before it reads
+            // the response, depending on timing.
+            drop(field);
+            tokio::spawn(async move {
+                while let Ok(Some(mut rest)) = multipart.next_field().await {
+                    while let Ok(Some(_)) = rest.chunk().await {}
+                }
+            });
             return json_error(
                 AxumStatus::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
