@@ -72,10 +72,11 @@ pub struct Node {
     pub membership_changes: tokio::sync::Mutex<()>,
     pub metrics: crate::metrics::Metrics,
     pub shutdown: CancellationToken,
-    /// Whether this node serves incoming RPCs. A node that started with an
-    /// empty data directory and no `--bootstrap` serves none until the
-    /// leader has checked that its id is not an existing member's: Raft
-    /// traffic meant for the node that lost its data must not reach it.
+    /// Flag set when this node serves incoming RPCs. A node that started
+    /// with an empty data directory and no `--bootstrap` serves none until
+    /// the leader has checked that its id is not an existing member's,
+    /// because Raft traffic meant for a node that lost its data must not
+    /// reach it.
     pub admitted: std::sync::atomic::AtomicBool,
     /// Set when the cluster refused this node for good; `run` then exits
     /// with this error.
@@ -332,7 +333,8 @@ pub fn is_ready(node: &Node) -> bool {
     is_caught_up(node) && node.upkeep.is_reconciled()
 }
 
-/// Whether this node is a member, has a known leader and has applied its log.
+/// Tells whether this node is a member, has a known leader and has applied
+/// its log.
 pub fn is_caught_up(node: &Node) -> bool {
     let metrics = node.raft.metrics().borrow().clone();
     let joined = metrics

@@ -31,7 +31,7 @@ pub struct PingReply {
 /// The outcome of a committed and applied write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteReceipt {
-    /// What the state machine decided for the entry.
+    /// The state machine's decision for the entry.
     pub outcome: WriteOutcome,
     /// Index of the entry in the Raft log.
     pub log_index: u64,
@@ -105,7 +105,7 @@ pub trait NodeRpc {
     async fn discard_blob(file_id: FileId) -> Result<(), RemoteError>;
 
     /// Sends this node's verified copy of a blob to `target`, for repair and
-    /// rebalancing. Only the leader or the target itself asks.
+    /// rebalancing. Only the leader or the target itself may send this request.
     async fn copy_blob(file_id: FileId, target: Member) -> Result<(), RemoteError>;
 
     /// Deletes this node's copy of a blob once the log is applied up to

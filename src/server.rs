@@ -17,7 +17,7 @@ use crate::consensus::{self, Member, RaftId, Request, TypeConfig};
 use crate::model::{FileId, Manifest, NodeId};
 use crate::node::{self, Node};
 use crate::replication;
-use crate::rpc::{NodeRpc, PingReply, RemoteError, WriteReceipt};
+use crate::rpc::{NodeRpc, NodeRpcClient, PingReply, RemoteError, WriteReceipt};
 
 /// Dispatches incoming QUIC streams by kind.
 pub struct Incoming {
@@ -46,7 +46,7 @@ impl dispotify_transport::IncomingHandler for Incoming {
             .admitted
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            tracing::debug!(peer = %peer, "refused rpc stream before admission");
+            tracing::debug!(peer = %peer, "rejected rpc stream before admission");
             return Box::pin(async {});
         }
         Box::pin(async move {
@@ -85,6 +85,32 @@ impl RpcServer {
             node_id: self.node.config.id.clone(),
             detail: detail.to_string(),
         }
+    }
+
+    /// Checks that a node joins under the id its certificate proves. A
+    /// member may forward another node's request, having checked it itself.
+    fn check_identity(&self, member: &Member) -> Result<(), RemoteError> {
+        if member.name == self.peer || self.peer_is_member() {
+            return Ok(());
+        }
+        Err(RemoteError::Rejected {
+            detail: format!(
+                "node {} presented a certificate for {}",
+                member.name, self.peer
+            ),
+        })
+    }
+
+    /// Returns `None` on the leader, else a client of the leader to forward
+    /// the request to.
+    async fn leader_client(&self) -> Result<Option<NodeRpcClient>, RemoteError> {
+        if node::is_leader(&self.node) {
+            return Ok(None);
+        }
+        let Some((_, leader)) = node::leader(&self.node) else {
+            return Err(RemoteError::NotLeader { leader: None });
+        };
+        node::rpc_client(&self.node, &leader).await.map(Some)
     }
 
     fn peer_is_member(&self) -> bool {
@@ -131,21 +157,8 @@ impl NodeRpc for RpcServer {
     }
 
     async fn join(self, _: Context, member: Member) -> Result<(), RemoteError> {
-        // A node joins under the id its certificate proves. A member may
-        // forward another node's join, having checked it itself.
-        if member.name != self.peer && !self.peer_is_member() {
-            return Err(RemoteError::Rejected {
-                detail: format!(
-                    "node {} presented a certificate for {}",
-                    member.name, self.peer
-                ),
-            });
-        }
-        if !node::is_leader(&self.node) {
-            let Some((_, leader)) = node::leader(&self.node) else {
-                return Err(RemoteError::NotLeader { leader: None });
-            };
-            let client = node::rpc_client(&self.node, &leader).await?;
+        self.check_identity(&member)?;
+        if let Some(client) = self.leader_client().await? {
             return client
                 .join(node::context_with_timeout(JOIN_TIMEOUT), member)
                 .await
@@ -169,19 +182,8 @@ impl NodeRpc for RpcServer {
     }
 
     async fn admit(self, _: Context, member: Member, fresh: bool) -> Result<(), RemoteError> {
-        if member.name != self.peer && !self.peer_is_member() {
-            return Err(RemoteError::Rejected {
-                detail: format!(
-                    "node {} presented a certificate for {}",
-                    member.name, self.peer
-                ),
-            });
-        }
-        if !node::is_leader(&self.node) {
-            let Some((_, leader)) = node::leader(&self.node) else {
-                return Err(RemoteError::NotLeader { leader: None });
-            };
-            let client = node::rpc_client(&self.node, &leader).await?;
+        self.check_identity(&member)?;
+        if let Some(client) = self.leader_client().await? {
             return client
                 .admit(node::context_with_timeout(ADMIT_TIMEOUT), member, fresh)
                 .await
@@ -190,7 +192,7 @@ impl NodeRpc for RpcServer {
         let known = consensus::members_of(&self.node.raft)
             .contains_key(&consensus::raft_id_of(&member.name));
         if fresh && known {
-            tracing::warn!(peer = %member.name, "refused a member that lost its data directory");
+            tracing::warn!(peer = %member.name, "rejected a member that lost its data directory");
             return Err(RemoteError::Refused {
                 detail: format!(
                     "node id {} is already a cluster member, but this node started with an empty \

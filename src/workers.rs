@@ -104,7 +104,7 @@ async fn join_through(node: &Arc<Node>, seed: &str) -> Result<String, String> {
                     .admitted
                     .store(true, std::sync::atomic::Ordering::Release),
                 Ok(Err(crate::rpc::RemoteError::Refused { detail })) => {
-                    tracing::error!(node_id = %node.config.id, %detail, "the cluster refused this node");
+                    tracing::error!(node_id = %node.config.id, %detail, "the cluster rejected this node");
                     *node.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(detail.clone());
                     node.shutdown.cancel();
                     return Err(detail);

@@ -2,7 +2,7 @@
 //!
 //! A lock is taken and released through the Raft log, so every node agrees
 //! on who holds it. Expiry is decided by the leader's timestamps on the log
-//! entries, never by the clock of the node that answers the request.
+//! entries, never by the clock of the node that handles the request.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -15,11 +15,11 @@ use super::AppState;
 use crate::model::{Command, Lock, WriteOutcome};
 use crate::node;
 
-/// Longest name or owner of a lock, in bytes. Both are stored in every
+/// Maximum length of a lock's name or owner, in bytes. Both are stored in every
 /// node's catalog and in the Raft log, so they stay short.
 pub const MAX_LOCK_NAME_BYTES: usize = 200;
 
-/// Longest time a lock may be taken for. A holder that needs longer renews
+/// Maximum time a lock may be taken for. A holder that needs longer renews
 /// it; a lock that outlives a crashed holder by hours would block others.
 pub const MAX_LOCK_TTL_MS: u64 = 60 * 60 * 1000;
 

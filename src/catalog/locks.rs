@@ -21,7 +21,7 @@ pub struct FaultRecord {
 }
 
 impl Catalog {
-    /// Every lock row, held or expired, ordered by name.
+    /// Returns every lock row, held or expired, ordered by name.
     pub async fn locks(&self) -> Result<Vec<Lock>, CatalogError> {
         let rows = sqlx::query("SELECT name, owner, token, expires_at_ms FROM locks ORDER BY name")
             .fetch_all(&self.reader)
@@ -30,7 +30,8 @@ impl Catalog {
         rows.iter().map(lock_from_row).collect()
     }
 
-    /// The faults reported against copies of `file_id`, ordered by node.
+    /// Returns the faults reported against copies of `file_id`, ordered by
+    /// node.
     pub async fn replica_faults(&self, file_id: &str) -> Result<Vec<FaultRecord>, CatalogError> {
         let rows = sqlx::query(
             "SELECT file_id, node_id, fault, reported_at_ms FROM replica_faults \
@@ -43,8 +44,8 @@ impl Catalog {
         rows.iter().map(fault_from_row).collect()
     }
 
-    /// The members being decommissioned, with when each started, by the
-    /// leader's clock.
+    /// Returns the members being decommissioned, each with the leader time
+    /// when its draining started.
     pub async fn draining_nodes(&self) -> Result<Vec<(NodeId, i64)>, CatalogError> {
         let rows = sqlx::query("SELECT node_id, since_ms FROM draining_nodes ORDER BY node_id")
             .fetch_all(&self.reader)
@@ -55,7 +56,7 @@ impl Catalog {
             .collect()
     }
 
-    /// How many tracks list `node_id` in their replica set.
+    /// Counts the tracks that list `node_id` in their replica set.
     pub async fn tracks_listing(&self, node_id: &str) -> Result<u64, CatalogError> {
         // Replica sets are JSON arrays of quoted ids, and ids cannot hold a
         // quote, so the quoted id matches only that member.
@@ -68,7 +69,7 @@ impl Catalog {
         Ok(column::<i64>(&row, "listed")?.max(0) as u64)
     }
 
-    /// Every reported fault, ordered by file and node.
+    /// Returns every reported fault, ordered by file and node.
     pub async fn all_replica_faults(&self) -> Result<Vec<FaultRecord>, CatalogError> {
         let rows = sqlx::query(
             "SELECT file_id, node_id, fault, reported_at_ms FROM replica_faults \
@@ -187,8 +188,8 @@ pub(super) async fn release_lock(
     })
 }
 
-/// Whether the lock of `fence` is held under its token, unexpired at the
-/// entry's time, and by `owner` when one is given.
+/// Checks that the lock of `fence` is held under its token, unexpired at
+/// the entry's time, and by `owner` when one is given.
 pub(super) async fn fence_holds(
     connection: &mut AnyConnection,
     fence: &Fence,

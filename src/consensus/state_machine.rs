@@ -116,7 +116,7 @@ fn stamp(request: Request) -> Command {
     }
 }
 
-/// The part of an apply outcome that the proposer of the entry is told.
+/// Converts an apply outcome into the part returned to the entry's proposer.
 fn write_outcome(outcome: ApplyOutcome) -> WriteOutcome {
     match outcome {
         ApplyOutcome::TrackAdded { .. }

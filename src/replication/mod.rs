@@ -51,7 +51,7 @@ pub struct Upkeep {
     peers: Mutex<HashMap<NodeId, PeerReport>>,
 }
 
-/// What one peer last reported about its upkeep.
+/// The upkeep state one peer sent in its last health-check reply.
 #[derive(Clone, Debug, Default)]
 pub struct PeerReport {
     pub scrub: ScrubProgress,
@@ -96,7 +96,8 @@ impl Upkeep {
             .insert(node_id.to_string(), report);
     }
 
-    /// The last report of `node_id`, if it ever answered a health check.
+    /// Returns the last report of `node_id`, if it ever replied to a health
+    /// check.
     pub fn peer(&self, node_id: &str) -> Option<PeerReport> {
         self.peers
             .lock()

@@ -40,7 +40,7 @@ const LOCK_TTL_BASE: Duration = Duration::from_secs(60);
 /// Timeout of the RPC that drops an extra copy.
 const DROP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// What one file needs.
+/// The action one file needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Every node that should hold the file holds a good copy, and the
@@ -602,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn node_gone_past_grace_is_replaced_by_the_next_on_the_ring() {
+    fn gone_node_replaced_by_next_on_ring() {
         let plan = plan_file(
             &ids(&["b", "d", "a"]),
             &ids(&RING),

@@ -45,7 +45,8 @@ fn free_udp_port() -> Result<u16> {
 }
 
 /// The QUIC addresses of one node when something sits in front of its
-/// port: the node binds `listen` and tells other nodes to dial `advertise`.
+/// port: the node binds `listen` and advertises `advertise` for other
+/// nodes to dial.
 #[derive(Clone, Copy, Debug)]
 pub struct QuicAddrs {
     pub listen: SocketAddr,
