@@ -259,16 +259,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
         tracing::debug!(log_index = log_id.index, "truncating raft log");
-        self.remove_range((Bound::Included(log_id.index), Bound::Unbounded), None)
-            .map_err(|e| StorageIOError::write_logs(e).into())
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store.remove_range((Bound::Included(log_id.index), Bound::Unbounded), None)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?
+        .map_err(|e| StorageIOError::write_logs(e).into())
     }
 
+    /// Deletes the entries up to `log_id` on the blocking pool: a purge after
+    /// a snapshot reads and rewrites thousands of entries' pages, which
+    /// would otherwise hold a runtime worker thread for its whole duration.
     async fn purge(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
         tracing::debug!(log_index = log_id.index, "purging raft log");
-        self.remove_range(
-            (Bound::Unbounded, Bound::Included(log_id.index)),
-            Some(&log_id),
-        )
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store.remove_range(
+                (Bound::Unbounded, Bound::Included(log_id.index)),
+                Some(&log_id),
+            )
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?
         .map_err(|e| StorageIOError::write_logs(e).into())
     }
 }
