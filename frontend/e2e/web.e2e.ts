@@ -245,7 +245,7 @@ describe("web app", () => {
     await page.setViewportSize({ width: 1280, height: 800 });
   });
 
-  it("renders a page of 100 tracks quickly", async () => {
+  it("measures the render time of a page of 100 tracks", async () => {
     // Synthetic pages of a 100,000-track catalog, so the figure is the
     // browser's work alone; the API's own time is measured by the
     // library bench.
