@@ -22,6 +22,12 @@ const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
 /// Maximum length of a file name kept from the client, in bytes.
 const MAX_FILE_NAME_BYTES: usize = 255;
 
+/// How long the rest of a rejected upload's body is read and discarded
+/// after the error has been answered. Closing the connection while the
+/// client is still sending can reset it before the client reads the
+/// answer, so it would see a broken pipe instead of the 413.
+const REJECTED_BODY_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -60,13 +66,41 @@ async fn receive(
                 limit_bytes,
                 "upload rejected by its declared length"
             );
+            if let Ok(multipart) = multipart {
+                discard_rest(multipart);
+            }
             return Err(ApiError::PayloadTooLarge { limit_bytes });
         }
     }
     let mut multipart = multipart.map_err(|e| ApiError::InvalidMultipart {
         detail: e.body_text(),
     })?;
+    let result = receive_file_part(state, &mut multipart, limit_bytes).await;
+    if let Err(ApiError::PayloadTooLarge { .. }) = result {
+        discard_rest(multipart);
+    }
+    result
+}
 
+/// Reads and drops what is left of a rejected body for at most
+/// [`REJECTED_BODY_LINGER`], off the request's task, so that the error
+/// goes out at once and still reaches a client that is mid-send.
+fn discard_rest(mut multipart: Multipart) {
+    tokio::spawn(async move {
+        let drain = async {
+            while let Ok(Some(mut field)) = multipart.next_field().await {
+                while let Ok(Some(_)) = field.chunk().await {}
+            }
+        };
+        let _ = tokio::time::timeout(REJECTED_BODY_LINGER, drain).await;
+    });
+}
+
+async fn receive_file_part(
+    state: &AppState,
+    multipart: &mut Multipart,
+    limit_bytes: u64,
+) -> Result<(StatusCode, Json<Track>), ApiError> {
     loop {
         let field = multipart
             .next_field()
