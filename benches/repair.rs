@@ -100,11 +100,7 @@ async fn run_once(seed: u64) -> Result<(Duration, Duration, Duration)> {
         .join("blobs")
         .join(&file_id[..2])
         .join(&file_id);
-    let mut bytes = std::fs::read(&blob)?;
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&blob, &bytes)?;
-    drop(bytes);
+    flip_bit_in_middle(&blob)?;
 
     let started = Instant::now();
     let quarantine = cluster.nodes[victim].data_dir.join("quarantine");
@@ -137,4 +133,22 @@ async fn run_once(seed: u64) -> Result<(Duration, Duration, Duration)> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Flips one bit in the middle byte of the file at `path` in place. Only
+/// that byte is written, so a scrub reading the file meanwhile reads either
+/// the intact copy or the flipped bit, never a half-rewritten file.
+fn flip_bit_in_middle(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let middle = file.metadata()?.len() / 2;
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, middle)?;
+    byte[0] ^= 0x01;
+    file.write_all_at(&byte, middle)?;
+    Ok(())
 }

@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{FileId, Manifest};
 
+pub use quarantine::Quarantine;
 pub use receive::ReceivingBlob;
 pub use staging::{StagedBlob, StagingWriter};
 
@@ -187,11 +188,30 @@ struct Layout {
     blobs: PathBuf,
     staging: PathBuf,
     quarantine: PathBuf,
+    /// Held across every rename into `blobs/` and across a quarantine's
+    /// check that the copy it found corrupt is still the one in place, so a
+    /// quarantine never moves a verified copy that replaced a corrupt one.
+    installs: std::sync::Mutex<()>,
 }
 
 impl Layout {
     fn blob_path(&self, file_id: &str) -> PathBuf {
         self.blobs.join(&file_id[..2]).join(file_id)
+    }
+
+    /// Takes [`Layout::installs`]. It guards no data, only the order of
+    /// renames, so a poisoned lock is still usable.
+    fn lock_installs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.installs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Renames the fsynced file `from` to `to` in `blobs/`, replacing any
+    /// copy there, and makes the rename durable.
+    fn install(&self, from: &Path, to: &Path) -> Result<(), BlobError> {
+        let _installing = self.lock_installs();
+        rename_durably(from, to)
     }
 }
 
@@ -213,6 +233,7 @@ impl BlobStore {
             blobs: root.join("blobs"),
             staging: root.join("staging"),
             quarantine: root.join("quarantine"),
+            installs: std::sync::Mutex::new(()),
         };
 
         let layout = blocking(move || {

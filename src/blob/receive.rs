@@ -11,8 +11,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{
-    blocking, check_chunk_index, check_manifest, chunk_extent, rename_durably, staging_file_name,
-    validate_file_id, BlobError, BlobStore,
+    blocking, check_chunk_index, check_manifest, chunk_extent, staging_file_name, validate_file_id,
+    BlobError, BlobStore, Layout,
 };
 use crate::model::{FileId, Manifest};
 
@@ -28,6 +28,7 @@ pub struct ReceivingBlob {
     manifest: Arc<Manifest>,
     path: PathBuf,
     final_path: PathBuf,
+    layout: Arc<Layout>,
     file: Arc<std::fs::File>,
     /// One flag per chunk, set once the chunk is verified and written.
     received: Mutex<Vec<bool>>,
@@ -87,11 +88,14 @@ impl ReceivingBlob {
 
     /// Checks that every chunk arrived, re-reads the file to compare its
     /// SHA-256 with the manifest, then fsyncs it and renames it into the
-    /// store. On any error the staging file is deleted.
+    /// store, replacing any copy already there: that copy may be damaged,
+    /// and the received one is verified. On any error the staging file is
+    /// deleted.
     pub async fn finish(mut self) -> Result<(), BlobError> {
         self.check_all_received()?;
 
         let file = self.file.clone();
+        let layout = self.layout.clone();
         let manifest = self.manifest.clone();
         let (path, final_path) = (self.path.clone(), self.final_path.clone());
         let file_id = self.file_id.clone();
@@ -105,7 +109,7 @@ impl ReceivingBlob {
             }
             file.sync_all()
                 .map_err(BlobError::io("fsync received file", &path))?;
-            rename_durably(&path, &final_path)
+            layout.install(&path, &final_path)
         })
         .await?;
 
@@ -264,6 +268,7 @@ impl BlobStore {
             received: Mutex::new(vec![false; manifest.chunk_hashes.len()]),
             manifest: Arc::new(manifest.clone()),
             final_path: self.layout.blob_path(file_id),
+            layout: self.layout.clone(),
             path,
             file: Arc::new(file),
             armed: true,

@@ -6,10 +6,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use super::{
-    blocking, file_sha256, rename_durably, staging_file_name, validate_file_id, BlobError,
-    BlobStore,
-};
+use super::{blocking, file_sha256, staging_file_name, validate_file_id, BlobError, BlobStore};
 use crate::model::{FileId, Manifest};
 
 /// Bytes collected from the caller before they are hashed and written in
@@ -226,6 +223,7 @@ impl BlobStore {
     pub async fn commit_staged(&self, mut staged: StagedBlob) -> Result<(), BlobError> {
         validate_file_id(&staged.file_id)?;
         let target = self.layout.blob_path(&staged.file_id);
+        let layout = self.layout.clone();
 
         blocking(move || {
             if target.exists() {
@@ -240,7 +238,7 @@ impl BlobStore {
                 );
             }
 
-            rename_durably(&staged.path, &target)?;
+            layout.install(&staged.path, &target)?;
             staged.armed = false;
             tracing::debug!(file_id = staged.file_id, "committed blob");
             Ok(())

@@ -844,3 +844,76 @@ async fn concurrent_chunk_writes() {
         .expect("range");
     assert_eq!(&read, data.as_ref());
 }
+
+fn quarantined_entries(root: &Path) -> Vec<String> {
+    read_dir_names(&root.join("quarantine")).expect("list quarantine")
+}
+
+#[tokio::test]
+async fn quarantine_moves_only_damaged_copies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path()).await;
+    let intact = store_bytes(&store, &content(4200)).await;
+    let flipped = store_bytes(&store, &content(3100)).await;
+    let truncated = store_bytes(&store, &content(2500)).await;
+    flip_byte(&store.layout.blob_path(&flipped.file_id), 2999);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.layout.blob_path(&truncated.file_id))
+        .expect("open")
+        .set_len(2000)
+        .expect("truncate");
+
+    let kept = store.quarantine(&intact.file_id, &intact.manifest).await;
+    assert_eq!(kept.expect("quarantine intact"), Quarantine::Intact);
+    assert!(store.contains(&intact.file_id).await);
+
+    for damaged in [&flipped, &truncated] {
+        let moved = store.quarantine(&damaged.file_id, &damaged.manifest).await;
+        assert_eq!(moved.expect("quarantine damaged"), Quarantine::Moved);
+        assert!(!store.contains(&damaged.file_id).await);
+        let again = store.quarantine(&damaged.file_id, &damaged.manifest).await;
+        assert_eq!(again.expect("quarantine again"), Quarantine::NotFound);
+    }
+    let mut names = quarantined_entries(dir.path());
+    names.sort();
+    assert_eq!(names.len(), 2);
+    assert!(names.iter().any(|n| n.starts_with(&flipped.file_id)));
+    assert!(names.iter().any(|n| n.starts_with(&truncated.file_id)));
+}
+
+#[tokio::test]
+async fn received_blob_replaces_damaged_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path()).await;
+    let data = content(4500);
+    let stored = store_bytes(&store, &data).await;
+    let path = store.layout.blob_path(&stored.file_id);
+    flip_byte(&path, 1234);
+    let found = store.read_chunk(&stored.file_id, &stored.manifest, 1).await;
+    assert!(matches!(found, Err(BlobError::Corrupt { .. })));
+
+    // A repair sends the blob while the damaged copy is still in place.
+    let receiving = store
+        .begin_receive(&stored.file_id, &stored.manifest)
+        .await
+        .expect("begin");
+    for (index, chunk) in data.chunks(TEST_CHUNK_SIZE as usize).enumerate() {
+        receiving
+            .write_chunk(index as u32, Bytes::copy_from_slice(chunk))
+            .await
+            .expect("write chunk");
+    }
+    receiving.finish().await.expect("finish");
+    assert_eq!(std::fs::read(&path).expect("read copy"), data);
+
+    // The reader that found the damage quarantines late: the verified copy
+    // now in place stays in service.
+    let late = store.quarantine(&stored.file_id, &stored.manifest).await;
+    assert_eq!(late.expect("late quarantine"), Quarantine::Intact);
+    assert!(quarantined_entries(dir.path()).is_empty());
+    let read = read_range(&store, &stored.file_id, &stored.manifest, 0, 4499)
+        .await
+        .expect("range");
+    assert_eq!(read, data);
+}

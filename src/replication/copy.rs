@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::push::{push, ChunkSource};
 use super::scrub::{is_corruption, quarantine_and_report};
 use crate::consensus::Member;
-use crate::model::{FileId, Manifest, ReplicaFault};
+use crate::model::{FileId, Manifest};
 use crate::node::{self, Node};
 use crate::rpc::RemoteError;
 
@@ -42,7 +42,7 @@ impl ChunkSource for LocalChunks {
             }
             Err(error) => {
                 if is_corruption(&error) {
-                    quarantine_and_report(&self.node, &self.file_id, ReplicaFault::Corrupt).await;
+                    quarantine_and_report(&self.node, &self.file_id, manifest).await;
                 }
                 Err(error.to_string())
             }

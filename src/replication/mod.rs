@@ -29,7 +29,8 @@ pub use receive::{begin_receive, discard, finish_receive, receive_janitor, serve
 pub use reconcile::reconcile_worker;
 pub use repair::{plan_file, repair_worker, ActiveRepair, Plan, RepairStatus};
 pub use scrub::{
-    is_corruption, quarantine_and_report, quarantine_in_background, scrub_worker, ScrubProgress,
+    is_corruption, quarantine_and_report, quarantine_in_background, report_missing, scrub_worker,
+    ScrubProgress,
 };
 pub use throttle::Throttle;
 

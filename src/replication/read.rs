@@ -27,6 +27,13 @@ use crate::node::Node;
 /// Time allowed to receive one chunk from a remote replica.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time allowed to open a bulk stream to a remote replica, or for the
+/// replica to reply to the fetch request, before the read fails over to the
+/// next source. A replica that is up replies within milliseconds, and a
+/// client waiting on a silent peer would otherwise wait for the QUIC idle
+/// timeout.
+const SOURCE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
 enum Source {
     Local,
     Remote(Member),
@@ -177,7 +184,7 @@ async fn from_local(
             .await
             .map_err(|error| {
                 if super::is_corruption(&error) {
-                    super::quarantine_in_background(node, file_id);
+                    super::quarantine_in_background(node, file_id, manifest);
                 }
                 Stop::SourceFailed(error.to_string())
             })?;
@@ -203,11 +210,14 @@ async fn from_remote(
         .resolve(&member.quic_addr)
         .await
         .map_err(|e| Stop::SourceFailed(e.to_string()))?;
-    let (send, recv) = node
-        .endpoint
-        .open_stream(&member.name, addr, StreamKind::Bulk)
-        .await
-        .map_err(|e| Stop::SourceFailed(e.to_string()))?;
+    let opened = tokio::time::timeout(
+        SOURCE_REPLY_TIMEOUT,
+        node.endpoint
+            .open_stream(&member.name, addr, StreamKind::Bulk),
+    )
+    .await
+    .map_err(|_| Stop::SourceFailed(format!("no stream opened within {SOURCE_REPLY_TIMEOUT:?}")))?;
+    let (send, recv) = opened.map_err(|e| Stop::SourceFailed(e.to_string()))?;
     let first = cursor.next_chunk as usize;
     let last = cursor.last_chunk as usize;
     let chunk_hashes = manifest.chunk_hashes.get(first..=last).ok_or_else(|| {
@@ -292,14 +302,16 @@ impl RemoteFetch {
             first_chunk: self.first_chunk as u32,
             last_chunk: last_chunk as u32,
         };
-        write_header(&mut send, &request, MAX_BULK_HEADER_BYTES)
+        let exchange = async {
+            write_header(&mut send, &request, MAX_BULK_HEADER_BYTES).await?;
+            let _ = send.finish();
+            read_header(&mut recv, MAX_BULK_HEADER_BYTES).await
+        };
+        let reply = tokio::time::timeout(SOURCE_REPLY_TIMEOUT, exchange)
             .await
+            .map_err(|_| format!("no reply within {SOURCE_REPLY_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        match read_header(&mut recv, MAX_BULK_HEADER_BYTES)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        match reply {
             BulkReply::Ok => {}
             BulkReply::Failed { detail } => return Err(detail),
         }

@@ -16,20 +16,39 @@ use crate::model::{FileId, Manifest, NodeId};
 use crate::node::{ClusterEvent, Node};
 use crate::rpc::RemoteError;
 
-/// Blobs being received, by file id.
+/// Blobs being received, by file id and sending node. Receptions of the
+/// same blob from two nodes go to separate staging files, so neither can
+/// disturb the other, and each one that verifies replaces the stored copy
+/// with identical bytes.
 #[derive(Default)]
 pub struct Receiving {
-    inner: Mutex<HashMap<FileId, InFlight>>,
+    inner: Mutex<HashMap<ReceptionKey, InFlight>>,
+}
+
+/// A reception's file id and the node that sends it.
+type ReceptionKey = (FileId, NodeId);
+
+fn key(file_id: &str, peer: &str) -> ReceptionKey {
+    (file_id.to_string(), peer.to_string())
 }
 
 struct InFlight {
     blob: Arc<ReceivingBlob>,
-    from: NodeId,
     last_activity: Instant,
 }
 
+/// Failure to find the reception a chunk stream or `replicate_finish`
+/// names.
+#[derive(Debug, thiserror::Error)]
+enum ReceptionError {
+    #[error("no replication of {file_id} from {peer} is in progress")]
+    NotInProgress { file_id: FileId, peer: NodeId },
+    #[error("chunks of {file_id} from {peer} are still being written")]
+    StillWriting { file_id: FileId, peer: NodeId },
+}
+
 impl Receiving {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, InFlight>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ReceptionKey, InFlight>> {
         // Every critical section is a single map operation, so a poisoned
         // lock still guards a consistent map.
         self.inner
@@ -37,24 +56,73 @@ impl Receiving {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records that a chunk of `file_id` arrived, so the reception is not idle.
-    fn touch(&self, file_id: &str) {
-        if let Some(in_flight) = self.lock().get_mut(file_id) {
+    /// Registers a reception, replacing an earlier one of the same blob
+    /// from the same node: that node restarted its push, and the earlier
+    /// staging file is deleted once its last chunk write ends. Returns
+    /// whether one was replaced.
+    fn insert(&self, peer: &str, blob: ReceivingBlob) -> bool {
+        let in_flight = InFlight {
+            blob: Arc::new(blob),
+            last_activity: Instant::now(),
+        };
+        let key = key(in_flight.blob.file_id(), peer);
+        self.lock().insert(key, in_flight).is_some()
+    }
+
+    /// Records that a chunk of `file_id` from `peer` arrived, so the
+    /// reception is not idle.
+    fn touch(&self, file_id: &str, peer: &str) {
+        if let Some(in_flight) = self.lock().get_mut(&key(file_id, peer)) {
             in_flight.last_activity = Instant::now();
         }
     }
 
-    fn get(&self, file_id: &str) -> Option<Arc<ReceivingBlob>> {
-        self.lock().get(file_id).map(|f| f.blob.clone())
+    fn get(&self, file_id: &str, peer: &str) -> Option<Arc<ReceivingBlob>> {
+        self.lock().get(&key(file_id, peer)).map(|f| f.blob.clone())
+    }
+
+    /// Takes the reception of `file_id` from `peer` out of the map for
+    /// `replicate_finish`. A reception whose chunks a bulk stream is still
+    /// writing stays, because a push that restarted may still complete it.
+    fn take(&self, file_id: &str, peer: &str) -> Result<ReceivingBlob, ReceptionError> {
+        let key = key(file_id, peer);
+        let mut receptions = self.lock();
+        let Some(in_flight) = receptions.remove(&key) else {
+            return Err(ReceptionError::NotInProgress {
+                file_id: key.0,
+                peer: key.1,
+            });
+        };
+        // Every other handle is a clone held by a bulk stream, taken under
+        // the map lock, so none can appear while it is held.
+        match Arc::try_unwrap(in_flight.blob) {
+            Ok(blob) => Ok(blob),
+            Err(blob) => {
+                let in_flight = InFlight {
+                    blob,
+                    last_activity: in_flight.last_activity,
+                };
+                receptions.insert(key.clone(), in_flight);
+                Err(ReceptionError::StillWriting {
+                    file_id: key.0,
+                    peer: key.1,
+                })
+            }
+        }
+    }
+
+    /// Drops every reception of `file_id`, from any node.
+    fn remove_all(&self, file_id: &str) {
+        self.lock().retain(|(id, _), _| id != file_id);
     }
 
     /// Drops receptions idle for longer than [`RECEIVE_IDLE_TIMEOUT`]; their
     /// staging files are deleted when the last handle goes.
     fn expire(&self) {
-        self.lock().retain(|file_id, in_flight| {
+        self.lock().retain(|(file_id, peer), in_flight| {
             let keep = in_flight.last_activity.elapsed() < RECEIVE_IDLE_TIMEOUT;
             if !keep {
-                tracing::warn!(file_id = %file_id, peer = %in_flight.from, "abandoned incoming replication expired");
+                tracing::warn!(file_id = %file_id, peer = %peer, "abandoned incoming replication expired");
             }
             keep
         });
@@ -63,10 +131,10 @@ impl Receiving {
     /// Drops receptions whose sender is no longer a cluster member: it will
     /// never finish them.
     fn drop_from_departed(&self, members: &[Member]) {
-        self.lock().retain(|file_id, in_flight| {
-            let keep = members.iter().any(|m| m.name == in_flight.from);
+        self.lock().retain(|(file_id, peer), _| {
+            let keep = members.iter().any(|m| &m.name == peer);
             if !keep {
-                tracing::info!(file_id = %file_id, peer = %in_flight.from, "dropped replication from a departed node");
+                tracing::info!(file_id = %file_id, peer = %peer, "dropped replication from a departed node");
             }
             keep
         });
@@ -136,6 +204,10 @@ fn check_manifest(node: &Node, manifest: &Manifest) -> Result<(), RemoteError> {
     Ok(())
 }
 
+/// Starts receiving `file_id` from `peer`. A copy already on this node's
+/// disk does not stop the transfer: the sender is pushing because the committed
+/// state lacks a verified copy here, and the copy on disk may be damaged,
+/// so the received blob is verified and then replaces it.
 pub async fn begin_receive(
     node: &Node,
     peer: &str,
@@ -145,38 +217,25 @@ pub async fn begin_receive(
     validate_file_id(&file_id).map_err(rejected)?;
     check_manifest(node, &manifest)?;
     node.receiving.expire();
-    if node.blobs.contains(&file_id).await {
-        tracing::debug!(file_id = %file_id, peer, "replica already present");
-        return Ok(());
-    }
+    let has_copy = node.blobs.contains(&file_id).await;
     let blob = node
         .blobs
         .begin_receive(&file_id, &manifest)
         .await
         .map_err(|e| failed(node, e))?;
-    let in_flight = InFlight {
-        blob: Arc::new(blob),
-        from: peer.to_string(),
-        last_activity: Instant::now(),
-    };
-    node.receiving.lock().insert(file_id.clone(), in_flight);
-    tracing::debug!(file_id = %file_id, peer, size_bytes = manifest.size_bytes, "receiving replica");
+    let restarted = node.receiving.insert(peer, blob);
+    tracing::debug!(file_id = %file_id, peer, size_bytes = manifest.size_bytes, has_copy, restarted, "receiving replica");
     Ok(())
 }
 
+/// Verifies and stores the blob `peer` has sent, replacing any copy of it
+/// on disk.
 pub async fn finish_receive(node: &Node, peer: &str, file_id: FileId) -> Result<(), RemoteError> {
     validate_file_id(&file_id).map_err(rejected)?;
-    let in_flight = node.receiving.lock().remove(&file_id);
-    let Some(in_flight) = in_flight else {
-        if node.blobs.contains(&file_id).await {
-            return Ok(());
-        }
-        return Err(rejected(format!(
-            "no replication of {file_id} is in progress"
-        )));
-    };
-    let blob = Arc::try_unwrap(in_flight.blob)
-        .map_err(|_| failed(node, format!("chunks of {file_id} are still being written")))?;
+    let blob = node.receiving.take(&file_id, peer).map_err(|error| {
+        tracing::info!(file_id = %file_id, peer, %error, "cannot finish replication");
+        rejected(error)
+    })?;
     blob.finish().await.map_err(|e| {
         tracing::warn!(file_id = %file_id, peer, error = %e, "received replica failed verification");
         failed(node, e)
@@ -197,7 +256,7 @@ pub async fn discard(node: &Node, peer: &str, file_id: FileId) -> Result<(), Rem
             "{file_id} is in the catalog and keeps its replicas"
         )));
     }
-    node.receiving.lock().remove(&file_id);
+    node.receiving.remove_all(&file_id);
     node.blobs
         .remove(&file_id)
         .await
@@ -221,7 +280,7 @@ pub async fn serve_bulk(
         }
     };
     let reply = match request {
-        BulkRequest::Push { file_id } => receive_chunks(&node, &file_id, &mut recv).await,
+        BulkRequest::Push { file_id } => receive_chunks(&node, &peer, &file_id, &mut recv).await,
         BulkRequest::Fetch {
             file_id,
             first_chunk,
@@ -249,13 +308,17 @@ pub async fn serve_bulk(
 
 async fn receive_chunks(
     node: &Node,
+    peer: &str,
     file_id: &str,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), String> {
-    let blob = node
-        .receiving
-        .get(file_id)
-        .ok_or_else(|| format!("no replication of {file_id} is in progress"))?;
+    let blob = node.receiving.get(file_id, peer).ok_or_else(|| {
+        ReceptionError::NotInProgress {
+            file_id: file_id.to_string(),
+            peer: peer.to_string(),
+        }
+        .to_string()
+    })?;
     let max_len = blob.chunk_size() as usize;
     loop {
         let frame = read_chunk_frame(recv, max_len)
@@ -267,7 +330,7 @@ async fn receive_chunks(
         blob.write_chunk(index, bytes)
             .await
             .map_err(|e| e.to_string())?;
-        node.receiving.touch(file_id);
+        node.receiving.touch(file_id, peer);
     }
 }
 
@@ -327,7 +390,7 @@ async fn send_chunks(
             Err(error) => {
                 tracing::warn!(file_id, chunk_index = index, %error, "cannot serve chunk to peer");
                 if super::is_corruption(&error) {
-                    super::quarantine_in_background(node, file_id);
+                    super::quarantine_in_background(node, file_id, &manifest);
                 }
                 let _ = send.reset(quinn::VarInt::from_u32(1));
                 return;
@@ -340,22 +403,40 @@ async fn send_chunks(
     let _ = send.finish();
     let _ = send.stopped().await;
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::blob::{manifest_for_bytes, BlobStore};
 
-    async fn reception(store: &BlobStore, content: &[u8], from: &str) -> (FileId, InFlight) {
-        let manifest = manifest_for_bytes(content, 4096);
+    const CHUNK_SIZE: u32 = 4096;
+
+    fn chunks(content: &[u8]) -> impl Iterator<Item = (u32, bytes::Bytes)> + '_ {
+        content
+            .chunks(CHUNK_SIZE as usize)
+            .enumerate()
+            .map(|(index, chunk)| (index as u32, bytes::Bytes::copy_from_slice(chunk)))
+    }
+
+    async fn open_store(dir: &tempfile::TempDir) -> BlobStore {
+        BlobStore::open(dir.path().to_path_buf(), CHUNK_SIZE)
+            .await
+            .unwrap()
+    }
+
+    /// Starts a reception of `content` from `peer` and returns its file id.
+    async fn begin(receiving: &Receiving, store: &BlobStore, content: &[u8], peer: &str) -> FileId {
+        let manifest = manifest_for_bytes(content, CHUNK_SIZE);
         let file_id = hex::encode(manifest.sha256);
         let blob = store.begin_receive(&file_id, &manifest).await.unwrap();
-        let in_flight = InFlight {
-            blob: Arc::new(blob),
-            from: from.to_string(),
-            last_activity: Instant::now(),
-        };
-        (file_id, in_flight)
+        receiving.insert(peer, blob);
+        file_id
+    }
+
+    async fn send_all(receiving: &Receiving, file_id: &str, peer: &str, content: &[u8]) {
+        let blob = receiving.get(file_id, peer).unwrap();
+        for (index, bytes) in chunks(content) {
+            blob.write_chunk(index, bytes).await.unwrap();
+        }
     }
 
     fn member(name: &str) -> Member {
@@ -368,40 +449,123 @@ mod tests {
     #[tokio::test]
     async fn departed_sender_reception_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path().to_path_buf(), 4096)
-            .await
-            .unwrap();
+        let store = open_store(&dir).await;
         let receiving = Receiving::default();
-        let (kept_id, kept) = reception(&store, b"from a member", "node1").await;
-        let (dropped_id, dropped) = reception(&store, b"from a departed node", "node9").await;
-        receiving.lock().insert(kept_id.clone(), kept);
-        receiving.lock().insert(dropped_id.clone(), dropped);
+        let kept = begin(&receiving, &store, b"from a member", "node1").await;
+        let dropped = begin(&receiving, &store, b"from a departed node", "node9").await;
 
         receiving.drop_from_departed(&[member("node1"), member("node2")]);
 
-        assert!(receiving.get(&kept_id).is_some());
-        assert!(receiving.get(&dropped_id).is_none());
+        assert!(receiving.get(&kept, "node1").is_some());
+        assert!(receiving.get(&dropped, "node9").is_none());
     }
 
     #[tokio::test]
     async fn idle_reception_expires_and_touched_one_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path().to_path_buf(), 4096)
-            .await
-            .unwrap();
+        let store = open_store(&dir).await;
         let receiving = Receiving::default();
-        let (idle_id, mut idle) = reception(&store, b"idle", "node1").await;
-        let (busy_id, mut busy) = reception(&store, b"busy", "node1").await;
+        let idle = begin(&receiving, &store, b"idle", "node1").await;
+        let busy = begin(&receiving, &store, b"busy", "node1").await;
         let long_ago = Instant::now() - RECEIVE_IDLE_TIMEOUT - std::time::Duration::from_secs(1);
-        idle.last_activity = long_ago;
-        busy.last_activity = long_ago;
-        receiving.lock().insert(idle_id.clone(), idle);
-        receiving.lock().insert(busy_id.clone(), busy);
+        for in_flight in receiving.lock().values_mut() {
+            in_flight.last_activity = long_ago;
+        }
 
-        receiving.touch(&busy_id);
+        receiving.touch(&busy, "node1");
         receiving.expire();
 
-        assert!(receiving.get(&idle_id).is_none());
-        assert!(receiving.get(&busy_id).is_some());
+        assert!(receiving.get(&idle, "node1").is_none());
+        assert!(receiving.get(&busy, "node1").is_some());
+    }
+
+    #[tokio::test]
+    async fn two_peers_store_same_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir).await;
+        let receiving = Receiving::default();
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let file_id = begin(&receiving, &store, &content, "node1").await;
+        begin(&receiving, &store, &content, "node2").await;
+
+        send_all(&receiving, &file_id, "node2", &content).await;
+        send_all(&receiving, &file_id, "node1", &content).await;
+        receiving
+            .take(&file_id, "node1")
+            .unwrap()
+            .finish()
+            .await
+            .unwrap();
+        receiving
+            .take(&file_id, "node2")
+            .unwrap()
+            .finish()
+            .await
+            .unwrap();
+
+        let manifest = manifest_for_bytes(&content, CHUNK_SIZE);
+        let mut stored = Vec::new();
+        for index in 0..manifest.chunk_hashes.len() as u32 {
+            stored.extend(store.read_chunk(&file_id, &manifest, index).await.unwrap());
+        }
+        assert_eq!(stored, content);
+        assert!(matches!(
+            receiving.take(&file_id, "node1"),
+            Err(ReceptionError::NotInProgress { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn finish_leaves_reception_a_stream_still_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir).await;
+        let receiving = Receiving::default();
+        let content = vec![7u8; 5000];
+        let file_id = begin(&receiving, &store, &content, "node1").await;
+        let stream_handle = receiving.get(&file_id, "node1").unwrap();
+
+        let early = receiving.take(&file_id, "node1");
+        assert!(matches!(early, Err(ReceptionError::StillWriting { .. })));
+        assert!(receiving.get(&file_id, "node1").is_some());
+
+        for (index, bytes) in chunks(&content) {
+            stream_handle.write_chunk(index, bytes).await.unwrap();
+        }
+        drop(stream_handle);
+        receiving
+            .take(&file_id, "node1")
+            .unwrap()
+            .finish()
+            .await
+            .unwrap();
+        assert!(store.contains(&file_id).await);
+    }
+
+    #[tokio::test]
+    async fn restarted_push_replaces_reception_of_same_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir).await;
+        let receiving = Receiving::default();
+        let content = vec![9u8; 9000];
+        let file_id = begin(&receiving, &store, &content, "node1").await;
+        let first = receiving.get(&file_id, "node1").unwrap();
+        let (index, bytes) = chunks(&content).next().unwrap();
+        first.write_chunk(index, bytes).await.unwrap();
+
+        begin(&receiving, &store, &content, "node1").await;
+        drop(first);
+        send_all(&receiving, &file_id, "node1", &content).await;
+        receiving
+            .take(&file_id, "node1")
+            .unwrap()
+            .finish()
+            .await
+            .unwrap();
+
+        assert!(store.contains(&file_id).await);
+        let staging = std::fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staging, 0, "the replaced reception left its staging file");
     }
 }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::copy::request_copy;
-use super::scrub::quarantine_and_report;
+use super::scrub::report_missing;
 use crate::catalog::MAX_REPLICA_SETS_PAGE_LIMIT;
 use crate::consensus;
-use crate::model::{FileId, ReplicaFault};
+use crate::model::FileId;
 use crate::node::{self, Node};
 
 /// How often a node that is not yet caught up checks again.
@@ -132,7 +132,7 @@ async fn reconcile(node: &Arc<Node>) -> Result<Summary, ReconcileError> {
                 tracing::info!(node_id = %me, file_id = %set.file_id, "fetched missing copy");
                 summary.fetched += 1;
             } else {
-                quarantine_and_report(node, &set.file_id, ReplicaFault::Missing).await;
+                report_missing(node, &set.file_id).await;
                 summary.reported_missing += 1;
             }
         }

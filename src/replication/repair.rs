@@ -15,8 +15,9 @@
 //! cannot overwrite a newer decision.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -39,6 +40,27 @@ const LOCK_TTL_BASE: Duration = Duration::from_secs(60);
 
 /// Timeout of the RPC that drops an extra copy.
 const DROP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Pause after a file's first failed repair attempt, doubled after each
+/// further failure up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Maximum pause between two attempts at one file. It keeps a file that
+/// cannot be repaired (its target's disk is full, a peer is cut off) from
+/// taking a repair slot at every scan, and a file whose cause of failure
+/// passed waits at most this long.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Consecutive failed attempts at one file after which each further
+/// failure is logged at error: by then, at [`MAX_RETRY_DELAY`], the file
+/// has been under-replicated for minutes and an operator should look.
+const ATTEMPTS_BEFORE_ERROR: u32 = 10;
+
+/// Maximum time one scan keeps starting the jobs it planned before the
+/// catalog is scanned again. A job never starts from a plan much older than
+/// the committed state, and a fault reported meanwhile waits at most this
+/// long for the scan that puts its file first.
+const MAX_DISPATCH_TIME: Duration = Duration::from_secs(10);
 
 /// The action one file needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,19 +163,92 @@ pub struct RepairStatus {
     pub last_scan_at_ms: Option<i64>,
 }
 
+/// Delay before the next attempt at a file whose last `failures`
+/// consecutive attempts failed.
+fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_RETRY_DELAY
+        .saturating_mul(1 << doublings)
+        .min(MAX_RETRY_DELAY)
+}
+
+/// Failed attempts at one file's repair since its last success.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    failures: u32,
+    not_before: Instant,
+}
+
+/// Record of the files with a job running and of those waiting for
+/// their next attempt. Only the leader fills it in.
+#[derive(Debug, Default)]
+struct Scheduler {
+    running: HashSet<FileId>,
+    retries: HashMap<FileId, Retry>,
+}
+
+impl Scheduler {
+    /// Marks `file_id` running and returns its attempt number, unless a
+    /// job for it is running or it waits for its retry delay.
+    fn start(&mut self, file_id: &str, now: Instant) -> Option<u32> {
+        let retry = self.retries.get(file_id);
+        if retry.is_some_and(|r| now < r.not_before) || self.running.contains(file_id) {
+            return None;
+        }
+        self.running.insert(file_id.to_string());
+        Some(retry.map_or(1, |r| r.failures + 1))
+    }
+
+    /// Records the end of a job and returns, after a failure, the count of
+    /// consecutive failures and the delay before the next attempt.
+    fn finish(&mut self, file_id: &str, failed: bool, now: Instant) -> Option<(u32, Duration)> {
+        self.running.remove(file_id);
+        if !failed {
+            self.retries.remove(file_id);
+            return None;
+        }
+        let failures = self.retries.get(file_id).map_or(0, |r| r.failures) + 1;
+        let delay = retry_delay(failures);
+        let retry = Retry {
+            failures,
+            not_before: now + delay,
+        };
+        self.retries.insert(file_id.to_string(), retry);
+        Some((failures, delay))
+    }
+
+    /// Forgets the failures of files that no longer need a repair.
+    fn keep_retries_of(&mut self, needed: &HashSet<&str>) {
+        self.retries
+            .retain(|file_id, _| needed.contains(file_id.as_str()));
+    }
+}
+
+type SharedScheduler = Arc<Mutex<Scheduler>>;
+
+fn lock_scheduler(scheduler: &Mutex<Scheduler>) -> std::sync::MutexGuard<'_, Scheduler> {
+    // Each critical section is one map or set update.
+    scheduler
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs the leader's repair scans until shutdown. On a follower it only
-/// clears the status, so a former leader shows no stale queue.
+/// clears the status and the retry state, so a former leader shows no
+/// stale queue.
 pub async fn repair_worker(node: Arc<Node>) {
     let permits = Arc::new(Semaphore::new(node.config.repair.concurrency));
-    let running: Arc<Mutex<HashSet<FileId>>> = Arc::default();
+    let scheduler: SharedScheduler = Arc::default();
     let mut tick = tokio::time::interval(node.config.repair.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = node.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         if !node::is_leader(&node) || !node::is_ready(&node) {
+            lock_scheduler(&scheduler).retries.clear();
             node.upkeep.update_repair(|status| {
                 status.queue_length = 0;
                 status.under_replicated = 0;
@@ -161,8 +256,11 @@ pub async fn repair_worker(node: Arc<Node>) {
             });
             continue;
         }
-        if let Err(error) = scan(&node, &permits, &running).await {
-            tracing::warn!(node_id = %node.config.id, %error, "repair scan failed");
+        match scan(&node).await {
+            Ok((jobs, members)) => dispatch(&node, jobs, &members, &permits, &scheduler).await,
+            Err(error) => {
+                tracing::warn!(node_id = %node.config.id, %error, "repair scan failed");
+            }
         }
     }
 }
@@ -171,13 +269,15 @@ pub async fn repair_worker(node: Arc<Node>) {
 struct Job {
     set: ReplicaSet,
     plan: Plan,
+    /// Good copies on reachable members when the scan planned the job.
+    good_copies: usize,
 }
 
+/// Plans every file of the catalog, publishes the counts in the repair
+/// status, and returns the jobs with the members they may involve.
 async fn scan(
     node: &Arc<Node>,
-    permits: &Arc<Semaphore>,
-    running: &Arc<Mutex<HashSet<FileId>>>,
-) -> Result<(), crate::catalog::CatalogError> {
+) -> Result<(Vec<Job>, BTreeMap<NodeId, Member>), crate::catalog::CatalogError> {
     let members = consensus::members_of(&node.raft);
     let names: Vec<NodeId> = members.values().map(|m| m.name.clone()).collect();
     let ring = Ring::new(names.iter().cloned(), DEFAULT_VNODES_PER_NODE);
@@ -243,10 +343,17 @@ async fn scan(
                 // reported fault is acted on at once.
                 Plan::Copy { .. } | Plan::Shrink { .. }
                     if set.added_at_ms > young_after_ms && faulty.is_empty() => {}
-                plan => jobs.push(Job { set, plan }),
+                plan => jobs.push(Job {
+                    set,
+                    plan,
+                    good_copies,
+                }),
             }
         }
     }
+    // The files closest to being lost go first, so a file down to one good
+    // copy does not wait behind a queue of files that only need a shrink.
+    jobs.sort_by_key(|job| (job.good_copies, !matches!(job.plan, Plan::Copy { .. })));
     node.metrics.repair_queue.set(jobs.len() as i64);
     node.metrics.under_replicated.set(under_replicated as i64);
     node.upkeep.update_repair(|status| {
@@ -265,24 +372,95 @@ async fn scan(
 
     let by_name: BTreeMap<NodeId, Member> =
         members.into_values().map(|m| (m.name.clone(), m)).collect();
+    Ok((jobs, by_name))
+}
+
+/// Starts the jobs of one scan as repair slots free up, skipping files
+/// with a job running or a retry delay pending. It stops once every job
+/// started, this node lost leadership, a job's Raft write failed, or
+/// [`MAX_DISPATCH_TIME`] passed.
+async fn dispatch(
+    node: &Arc<Node>,
+    jobs: Vec<Job>,
+    members: &BTreeMap<NodeId, Member>,
+    permits: &Arc<Semaphore>,
+    scheduler: &SharedScheduler,
+) {
+    let needed: HashSet<&str> = jobs.iter().map(|j| j.set.file_id.as_str()).collect();
+    lock_scheduler(scheduler).keep_retries_of(&needed);
+    drop(needed);
+
+    let deadline = Instant::now() + MAX_DISPATCH_TIME;
+    let writes_failing = Arc::new(AtomicBool::new(false));
     for job in jobs {
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            break;
+        let permit = tokio::select! {
+            biased;
+            _ = node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline.into()) => return,
+            permit = permits.clone().acquire_owned() => permit,
         };
-        let file_id = job.set.file_id.clone();
-        if !lock_running(running).insert(file_id.clone()) {
-            continue;
+        // The semaphore is never closed.
+        let Ok(permit) = permit else { return };
+        // A failed Raft write (no quorum, lost leadership) fails every other
+        // job the same way, so the rest wait for the next scan.
+        if !node::is_leader(node) || writes_failing.load(Ordering::Acquire) {
+            return;
         }
+        let file_id = job.set.file_id.clone();
+        let Some(attempt) = lock_scheduler(scheduler).start(&file_id, Instant::now()) else {
+            continue;
+        };
         let node = node.clone();
-        let running = running.clone();
-        let by_name = by_name.clone();
+        let members = members.clone();
+        let scheduler = scheduler.clone();
+        let writes_failing = writes_failing.clone();
         tokio::spawn(async move {
-            run_job(&node, job, &by_name).await;
-            lock_running(&running).remove(&file_id);
+            let plan = job.plan.clone();
+            let result = run_job(&node, job, &members).await;
+            if matches!(result, Err(RepairError::Write(_))) {
+                writes_failing.store(true, Ordering::Release);
+            }
+            let failed = matches!(result, Err(ref error) if error.is_failure());
+            let retry = lock_scheduler(&scheduler).finish(&file_id, failed, Instant::now());
             drop(permit);
+            match (result, retry) {
+                (Err(error), Some((failures, retry_in))) => {
+                    log_failure(&node, &file_id, &plan, failures, retry_in, &error);
+                }
+                (Err(error), None) => {
+                    tracing::debug!(file_id = %file_id, plan = ?plan, %error, "repair skipped");
+                }
+                (Ok(()), _) if attempt > 1 => {
+                    tracing::info!(file_id = %file_id, attempt, "repair succeeded after retries");
+                }
+                (Ok(()), _) => {}
+            }
         });
     }
-    Ok(())
+}
+
+/// Logs one failed repair attempt: at warn, and at error once the file has
+/// failed [`ATTEMPTS_BEFORE_ERROR`] times in a row.
+fn log_failure(
+    node: &Node,
+    file_id: &str,
+    plan: &Plan,
+    failures: u32,
+    retry_in: Duration,
+    error: &RepairError,
+) {
+    node.metrics.repair_failures.inc();
+    let node_id = node.config.id.as_str();
+    let (peer, sources) = match plan {
+        Plan::Copy { target, sources } => (target.as_str(), sources.join(",")),
+        Plan::Shrink { drop, .. } => (drop.first().map_or("", String::as_str), String::new()),
+        Plan::Healthy | Plan::Unavailable => ("", String::new()),
+    };
+    if failures >= ATTEMPTS_BEFORE_ERROR {
+        tracing::error!(node_id, file_id, peer, sources, failures, ?retry_in, %error, "repair keeps failing; retrying");
+    } else {
+        tracing::warn!(node_id, file_id, peer, sources, failures, ?retry_in, %error, "repair failed; retrying");
+    }
 }
 
 /// Removes a draining member from the Raft membership once no track lists
@@ -314,13 +492,6 @@ async fn remove_if_drained(node: &Arc<Node>, name: &str) {
     }
 }
 
-fn lock_running(running: &Mutex<HashSet<FileId>>) -> std::sync::MutexGuard<'_, HashSet<FileId>> {
-    // One insert or remove per critical section.
-    running
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[derive(Debug, thiserror::Error)]
 enum RepairError {
     #[error("lock {lock} is held by {owner}")]
@@ -339,38 +510,37 @@ enum RepairError {
     Catalog(#[from] crate::catalog::CatalogError),
 }
 
-async fn run_job(node: &Arc<Node>, job: Job, members: &BTreeMap<NodeId, Member>) {
-    let file_id = job.set.file_id.clone();
-    let lock = format!("repair/{file_id}");
+impl RepairError {
+    /// Tells whether the attempt failed, as opposed to finding that another
+    /// repair has locked the file or that its replica set moved on, which the
+    /// next scan plans afresh.
+    fn is_failure(&self) -> bool {
+        !matches!(self, RepairError::LockHeld { .. } | RepairError::Changed)
+    }
+}
+
+async fn run_job(
+    node: &Arc<Node>,
+    job: Job,
+    members: &BTreeMap<NodeId, Member>,
+) -> Result<(), RepairError> {
+    let lock = format!("repair/{}", job.set.file_id);
     let copy_time = Duration::from_secs_f64(
         job.set.size_bytes as f64 / node.config.repair.bytes_per_sec as f64,
     );
     let ttl = LOCK_TTL_BASE + copy_time * 2;
-    let result = async {
-        let fence = acquire(node, &lock, ttl).await?;
-        let outcome = match &job.plan {
-            Plan::Copy { target, sources } => {
-                copy(node, &job.set, target, sources, members, &fence).await
-            }
-            Plan::Shrink { replicas, drop } => {
-                shrink(node, &job.set, replicas, drop, members, &fence).await
-            }
-            Plan::Healthy | Plan::Unavailable => Ok(()),
-        };
-        release(node, &fence).await;
-        outcome
-    }
-    .await;
-    match result {
-        Ok(()) => {}
-        Err(RepairError::LockHeld { lock, owner }) => {
-            tracing::debug!(file_id = %file_id, %lock, %owner, "repair already running elsewhere");
+    let fence = acquire(node, &lock, ttl).await?;
+    let outcome = match &job.plan {
+        Plan::Copy { target, sources } => {
+            copy(node, &job.set, target, sources, members, &fence).await
         }
-        Err(error) => {
-            node.metrics.repair_failures.inc();
-            tracing::warn!(node_id = %node.config.id, file_id = %file_id, plan = ?job.plan, %error, "repair failed; the next scan retries");
+        Plan::Shrink { replicas, drop } => {
+            shrink(node, &job.set, replicas, drop, members, &fence).await
         }
-    }
+        Plan::Healthy | Plan::Unavailable => Ok(()),
+    };
+    release(node, &fence).await;
+    outcome
 }
 
 async fn acquire(node: &Arc<Node>, lock: &str, ttl: Duration) -> Result<Fence, RepairError> {
@@ -461,7 +631,7 @@ async fn copy(
                 break;
             }
             Err(error) => {
-                tracing::info!(file_id = %set.file_id, peer = %source, target = %target, %error, "repair copy failed, trying the next source");
+                tracing::debug!(file_id = %set.file_id, peer = %source, target = %target, %error, "repair copy failed, trying the next source");
                 failures.push(format!("{source}: {error}"));
             }
         }
@@ -756,5 +926,60 @@ mod tests {
                 drop: ids(&["x"])
             }
         );
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        assert_eq!(retry_delay(1), FIRST_RETRY_DELAY);
+        assert_eq!(retry_delay(2), FIRST_RETRY_DELAY * 2);
+        assert_eq!(retry_delay(3), FIRST_RETRY_DELAY * 4);
+        assert_eq!(retry_delay(40), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn scheduler_runs_one_job_per_file() {
+        let mut scheduler = Scheduler::default();
+        let now = Instant::now();
+        assert_eq!(scheduler.start("f", now), Some(1));
+        assert_eq!(scheduler.start("f", now), None);
+        assert_eq!(scheduler.start("g", now), Some(1));
+        assert_eq!(scheduler.finish("f", false, now), None);
+        assert_eq!(scheduler.start("f", now), Some(1));
+    }
+
+    #[test]
+    fn failed_file_waits_then_is_retried() {
+        let mut scheduler = Scheduler::default();
+        let now = Instant::now();
+        scheduler.start("f", now);
+        assert_eq!(
+            scheduler.finish("f", true, now),
+            Some((1, FIRST_RETRY_DELAY))
+        );
+        assert_eq!(scheduler.start("f", now), None, "started before its delay");
+        let later = now + FIRST_RETRY_DELAY;
+        assert_eq!(scheduler.start("f", later), Some(2));
+        assert_eq!(
+            scheduler.finish("f", true, later),
+            Some((2, FIRST_RETRY_DELAY * 2))
+        );
+        let much_later = later + FIRST_RETRY_DELAY * 2;
+        assert_eq!(scheduler.start("f", much_later), Some(3));
+        assert_eq!(scheduler.finish("f", false, much_later), None);
+        assert_eq!(scheduler.start("f", much_later), Some(1));
+    }
+
+    #[test]
+    fn healthy_files_lose_their_retry_state() {
+        let mut scheduler = Scheduler::default();
+        let now = Instant::now();
+        for file_id in ["f", "g"] {
+            scheduler.start(file_id, now);
+            scheduler.finish(file_id, true, now);
+        }
+        scheduler.keep_retries_of(&HashSet::from(["g"]));
+        assert_eq!(scheduler.start("f", now), Some(1));
+        assert_eq!(scheduler.start("g", now), None);
     }
 }

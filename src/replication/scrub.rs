@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::blob::BlobError;
+use crate::blob::{BlobError, Quarantine};
 use crate::model::{Command, Manifest, ReplicaFault};
 use crate::node::{self, Node};
 
@@ -85,7 +85,7 @@ async fn run_pass(node: &Arc<Node>) {
                 tracing::warn!(node_id = %node.config.id, file_id = %file_id, %error, "scrub found a corrupt copy");
                 node.metrics.scrub_errors.inc();
                 node.upkeep.update_scrub(|p| p.errors_found += 1);
-                quarantine_and_report(node, &file_id, ReplicaFault::Corrupt).await;
+                quarantine_and_report(node, &file_id, &manifest).await;
             }
             Err(error) => {
                 tracing::warn!(node_id = %node.config.id, file_id = %file_id, %error, "scrub cannot read blob");
@@ -151,43 +151,81 @@ async fn verify_blob(node: &Node, file_id: &str, manifest: &Manifest) -> Result<
     Ok(())
 }
 
-/// Takes this node's copy of `file_id` out of service and reports the
-/// fault through Raft, so the leader re-creates a good copy. A copy found
-/// corrupt is moved to quarantine; a missing one has nothing to move.
-pub async fn quarantine_and_report(node: &Arc<Node>, file_id: &str, fault: ReplicaFault) {
-    if fault == ReplicaFault::Corrupt {
-        match node.blobs.quarantine(file_id).await {
-            Ok(true) => {
-                node.metrics.corrupt_copies.inc();
-            }
-            // Another reader found the same corruption first and reports it.
-            Ok(false) => return,
-            Err(error) => {
-                tracing::error!(node_id = %node.config.id, file_id, %error, "cannot quarantine corrupt blob");
-            }
+/// Attempts at reporting a replica fault before the report is left to
+/// reconciliation: a few seconds of retries cover a leader election.
+const FAULT_REPORT_ATTEMPTS: u32 = 4;
+
+/// Pause before the first retry of a fault report, doubled before each
+/// further one.
+const FAULT_REPORT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Verifies this node's copy of `file_id` again and, if it is damaged,
+/// moves it to quarantine and reports the fault through Raft, so the
+/// leader re-creates a good copy. A copy that passes, or that a repair
+/// replaced meanwhile, stays in service and is not reported.
+pub async fn quarantine_and_report(node: &Arc<Node>, file_id: &str, manifest: &Manifest) {
+    match node.blobs.quarantine(file_id, manifest).await {
+        Ok(Quarantine::Moved) => {
+            node.metrics.corrupt_copies.inc();
+            report_fault(node, file_id, ReplicaFault::Corrupt).await;
         }
-    }
-    let command = Command::ReportReplicaFault {
-        file_id: file_id.to_string(),
-        node_id: node.config.id.clone(),
-        fault,
-    };
-    match node::write(node, command).await {
-        Ok(_) => {
-            tracing::warn!(node_id = %node.config.id, file_id, fault = fault.label(), "reported replica fault")
+        Ok(Quarantine::Intact) => {
+            tracing::info!(node_id = %node.config.id, file_id, "copy passed verification again; kept in service");
         }
+        Ok(Quarantine::Replaced) => {
+            tracing::debug!(node_id = %node.config.id, file_id, "corrupt copy was replaced before its quarantine");
+        }
+        // Another reader found the same corruption first and reports it.
+        Ok(Quarantine::NotFound) => {}
         Err(error) => {
-            tracing::warn!(node_id = %node.config.id, file_id, %error, "cannot report replica fault; the next scrub or reconcile retries")
+            tracing::error!(node_id = %node.config.id, file_id, %error, "cannot quarantine corrupt blob");
+            report_fault(node, file_id, ReplicaFault::Corrupt).await;
         }
     }
 }
 
+/// Reports through Raft that this node has no copy of `file_id` although
+/// the committed replica set lists it.
+pub async fn report_missing(node: &Arc<Node>, file_id: &str) {
+    report_fault(node, file_id, ReplicaFault::Missing).await;
+}
+
+async fn report_fault(node: &Arc<Node>, file_id: &str, fault: ReplicaFault) {
+    let mut delay = FAULT_REPORT_RETRY_DELAY;
+    for attempt in 1..=FAULT_REPORT_ATTEMPTS {
+        let command = Command::ReportReplicaFault {
+            file_id: file_id.to_string(),
+            node_id: node.config.id.clone(),
+            fault,
+        };
+        match node::write(node, command).await {
+            Ok(_) => {
+                tracing::warn!(node_id = %node.config.id, file_id, fault = fault.label(), "reported replica fault");
+                return;
+            }
+            Err(error) if attempt < FAULT_REPORT_ATTEMPTS => {
+                tracing::warn!(node_id = %node.config.id, file_id, attempt, retry_in = ?delay, %error, "cannot report replica fault; retrying");
+            }
+            Err(error) => {
+                tracing::warn!(node_id = %node.config.id, file_id, attempt, %error, "cannot report replica fault; reconciliation fetches the copy again or reports it later");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay *= 2;
+    }
+}
+
 /// Starts [`quarantine_and_report`] for a copy a read found corrupt, without
-/// making the reader wait for the Raft write.
-pub fn quarantine_in_background(node: &Arc<Node>, file_id: &str) {
+/// making the reader wait for the verification and the Raft write.
+pub fn quarantine_in_background(node: &Arc<Node>, file_id: &str, manifest: &Manifest) {
     let node = node.clone();
     let file_id = file_id.to_string();
+    let manifest = manifest.clone();
     tokio::spawn(async move {
-        quarantine_and_report(&node, &file_id, ReplicaFault::Corrupt).await;
+        quarantine_and_report(&node, &file_id, &manifest).await;
     });
 }

@@ -11,7 +11,7 @@ use super::support::{phase, wait_until, Cluster, ClusterOptions};
 use super::{track_replicas, wait_for_replicas, write_wav};
 
 /// Settings that make scrub, repair and reconciliation act within seconds.
-const FAST_HEALING: &str = r#"
+pub(super) const FAST_HEALING: &str = r#"
 repair_interval = "500ms"
 repair_grace = "3s"
 scrub_pass_interval = "1s"
@@ -23,7 +23,7 @@ orphan_grace = "2s"
 const HEAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Waits until `condition` returns `Ok(true)`; an error counts as not yet.
-async fn wait_ok<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<()>
+pub(super) async fn wait_ok<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
@@ -35,7 +35,7 @@ where
     .await
 }
 
-fn blob_path(data_dir: &Path, file_id: &str) -> PathBuf {
+pub(super) fn blob_path(data_dir: &Path, file_id: &str) -> PathBuf {
     data_dir.join("blobs").join(&file_id[..2]).join(file_id)
 }
 
@@ -61,14 +61,14 @@ async fn upload_wav(
     Ok((file_id, std::fs::read(&path)?))
 }
 
-async fn track_json(cluster: &Cluster, index: usize, file_id: &str) -> Result<Value> {
+pub(super) async fn track_json(cluster: &Cluster, index: usize, file_id: &str) -> Result<Value> {
     let url = cluster.nodes[index].url(&format!("/music/tracks/{file_id}"));
     Ok(cluster.http.get(url).send().await?.json().await?)
 }
 
 /// Waits until node `index` reports every copy of `file_id` healthy on
 /// exactly the nodes in `expected` (any order).
-async fn wait_healthy_on(
+pub(super) async fn wait_healthy_on(
     cluster: &Cluster,
     index: usize,
     file_id: &str,
@@ -96,51 +96,118 @@ async fn wait_healthy_on(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_copy_is_quarantined_and_repaired() -> Result<()> {
+/// Settings under which only the repair scheduler can fix a stale copy:
+/// scrub reads too slowly to reach it and reconciliation keeps orphans for
+/// an hour, as a node with the default settings does for ten minutes.
+const REPAIR_ONLY: &str = r#"
+repair_interval = "500ms"
+repair_grace = "3s"
+scrub_pass_interval = "1h"
+scrub_bytes_per_sec = 4096
+orphan_grace = "1h"
+"#;
+
+/// How a test damages a copy on the disk of a stopped node.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    FlipBit { offset: usize },
+    Truncate { to_bytes: usize },
+}
+
+impl Damage {
+    fn apply(self, path: &Path) -> Result<()> {
+        let mut bytes = std::fs::read(path)?;
+        match self {
+            Damage::FlipBit { offset } => bytes[offset] ^= 0x10,
+            Damage::Truncate { to_bytes } => bytes.truncate(to_bytes),
+        }
+        std::fs::write(path, &bytes)?;
+        Ok(())
+    }
+}
+
+/// Streams `file_id` from node `index` until `stop` is set, and fails on
+/// the first response that is not the uploaded bytes. Returns the number
+/// of complete streams.
+async fn read_until(
+    cluster: &Cluster,
+    index: usize,
+    file_id: &str,
+    original: &[u8],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<usize> {
+    let mut reads = 0;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let (status, streamed) = cluster.download(index, file_id).await?;
+        ensure!(status == 200, "stream {reads} answered {status}");
+        ensure!(
+            streamed == original,
+            "stream {reads} returned {} bytes that differ from the upload",
+            streamed.len()
+        );
+        reads += 1;
+    }
+    Ok(reads)
+}
+
+/// Damages one copy of a 3 MiB file on a stopped node and restarts the
+/// node. Reads from it race the quarantine and the repair, and must never
+/// return a damaged byte. The repair must put back a byte-identical copy.
+async fn damaged_copy_is_replaced(damage: Damage, seed: u64) -> Result<()> {
     phase("upload a 3 MiB file to a 3-node cluster");
     let mut cluster = Cluster::start(fast_cluster(3)).await?;
     let dir = tempfile::tempdir()?;
-    let (file_id, original) = upload_wav(&cluster, dir.path(), 3 * 1024 * 1024, 11).await?;
+    let (file_id, original) = upload_wav(&cluster, dir.path(), 3 * 1024 * 1024, seed).await?;
     let replicas = wait_for_replicas(&cluster, &file_id, 3).await?;
 
     let victim = 1;
     phase(&format!(
-        "stop node {}, flip one bit in its copy, start it",
+        "stop node {}, damage its copy ({damage:?}), start it",
         victim + 1
     ));
     cluster.nodes[victim].kill();
     let path = blob_path(&cluster.nodes[victim].data_dir, &file_id);
-    let mut bytes = std::fs::read(&path)?;
-    bytes[1_500_000] ^= 0x10;
-    std::fs::write(&path, &bytes)?;
+    damage.apply(&path)?;
     cluster.nodes[victim].restart()?;
     cluster.wait_ready(victim).await?;
 
-    phase("every read from the damaged node still returns the uploaded bytes");
-    let (status, streamed) = cluster.download(victim, &file_id).await?;
-    ensure!(status == 200, "stream status {status}");
-    ensure!(streamed == original, "a corrupt byte was served");
-
-    phase("scrub quarantines the copy, the leader re-creates it");
-    let quarantine = cluster.nodes[victim].data_dir.join("quarantine");
-    wait_ok("copy quarantined", HEAL_TIMEOUT, || {
-        let quarantine = quarantine.clone();
-        let file_id = file_id.clone();
-        async move {
-            Ok(std::fs::read_dir(&quarantine)?
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(&file_id)))
+    phase("reads from the damaged node race its quarantine and repair, and return the upload");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let healed = async {
+        let quarantine = cluster.nodes[victim].data_dir.join("quarantine");
+        let result = async {
+            wait_ok("copy quarantined", HEAL_TIMEOUT, || {
+                let quarantine = quarantine.clone();
+                let file_id = file_id.clone();
+                async move {
+                    Ok(std::fs::read_dir(&quarantine)?
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with(&file_id)))
+                }
+            })
+            .await?;
+            wait_healthy_on(&cluster, 0, &file_id, &replicas).await?;
+            wait_ok("repaired copy on disk", HEAL_TIMEOUT, || {
+                let path = path.clone();
+                let original = original.clone();
+                async move { Ok(std::fs::read(&path).is_ok_and(|b| b == original)) }
+            })
+            .await
         }
-    })
-    .await?;
-    wait_healthy_on(&cluster, 0, &file_id, &replicas).await?;
-    wait_ok("repaired copy on disk", HEAL_TIMEOUT, || {
-        let path = path.clone();
-        let original = original.clone();
-        async move { Ok(std::fs::read(&path).is_ok_and(|b| b == original)) }
-    })
-    .await?;
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        result
+    };
+    let reading = read_until(&cluster, victim, &file_id, &original, &stop);
+    let (healed, reads) = tokio::join!(healed, reading);
+    healed.with_context(|| {
+        format!(
+            "not repaired; log of the damaged node:\n{}",
+            cluster.nodes[victim].log_tail(30)
+        )
+    })?;
+    let reads = reads?;
+    ensure!(reads >= 1, "no read completed while the copy was repaired");
     let (status, streamed) = cluster.download(victim, &file_id).await?;
     ensure!(
         status == 200 && streamed == original,
@@ -166,6 +233,105 @@ async fn corrupt_copy_is_quarantined_and_repaired() -> Result<()> {
             .any(|l| l.starts_with("dispotify_corrupt_copies_total ") && !l.ends_with(" 0")),
         "corrupt copy not counted"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_copy_is_quarantined_and_repaired() -> Result<()> {
+    damaged_copy_is_replaced(Damage::FlipBit { offset: 1_500_000 }, 11).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_copy_is_quarantined_and_repaired() -> Result<()> {
+    damaged_copy_is_replaced(
+        Damage::Truncate {
+            to_bytes: 2_000_000,
+        },
+        15,
+    )
+    .await
+}
+
+/// A node down past the grace period keeps its copies on disk. When it
+/// comes back, the leader copies each file to it again, and the verified
+/// copy replaces the stale one whether that is intact or damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returning_node_stale_copies_are_replaced() -> Result<()> {
+    phase("upload two files to a 4-node cluster with R=3");
+    let mut cluster = Cluster::start(ClusterOptions {
+        nodes: 4,
+        config_toml: Some(REPAIR_ONLY.to_string()),
+        ..Default::default()
+    })
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let (intact_id, intact) = upload_wav(&cluster, dir.path(), 2 * 1024 * 1024, 16).await?;
+    let (flipped_id, flipped) = upload_wav(&cluster, dir.path(), 2 * 1024 * 1024, 17).await?;
+    let intact_placed = wait_for_replicas(&cluster, &intact_id, 3).await?;
+    let flipped_placed = wait_for_replicas(&cluster, &flipped_id, 3).await?;
+    let leader = cluster.leader_index().await?;
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| {
+            intact_placed.contains(&n.id)
+                && flipped_placed.contains(&n.id)
+                && n.id != cluster.nodes[leader].id
+        })
+        .context("no follower holds both files")?;
+    let victim_id = cluster.nodes[victim].id.clone();
+
+    phase(&format!(
+        "SIGKILL {victim_id}; both files move to the other three nodes"
+    ));
+    cluster.nodes[victim].kill();
+    for file_id in [&intact_id, &flipped_id] {
+        wait_ok("replica set without the stopped node", HEAL_TIMEOUT, || {
+            let file_id = file_id.clone();
+            let victim_id = victim_id.clone();
+            let cluster = &cluster;
+            async move {
+                let replicas = track_replicas(cluster, leader, &file_id).await?;
+                Ok(replicas.len() == 3 && !replicas.contains(&victim_id))
+            }
+        })
+        .await?;
+    }
+
+    phase("flip a bit in one stale copy, keep the other intact, restart the node");
+    let intact_path = blob_path(&cluster.nodes[victim].data_dir, &intact_id);
+    let flipped_path = blob_path(&cluster.nodes[victim].data_dir, &flipped_id);
+    ensure!(
+        std::fs::read(&intact_path)? == intact,
+        "stale copy changed while its node was down"
+    );
+    Damage::FlipBit { offset: 1_200_000 }.apply(&flipped_path)?;
+    cluster.nodes[victim].restart()?;
+    cluster.wait_ready(victim).await?;
+
+    phase("the node gets its place back with verified copies of both files");
+    for (file_id, placed, original, path) in [
+        (&intact_id, &intact_placed, &intact, &intact_path),
+        (&flipped_id, &flipped_placed, &flipped, &flipped_path),
+    ] {
+        wait_healthy_on(&cluster, leader, file_id, placed)
+            .await
+            .with_context(|| {
+                format!(
+                    "{file_id} not restored; log of {victim_id}:\n{}",
+                    cluster.nodes[victim].log_tail(30)
+                )
+            })?;
+        ensure!(
+            std::fs::read(path)? == *original,
+            "copy of {file_id} on {victim_id} differs from the upload"
+        );
+        let (status, streamed) = cluster.download(victim, file_id).await?;
+        ensure!(
+            status == 200 && streamed == *original,
+            "stream of {file_id} from {victim_id} differs"
+        );
+    }
     Ok(())
 }
 
