@@ -10,10 +10,12 @@
 //! its key, so it survives a URL path unchanged.
 //!
 //! A page of groups is read in two steps, like the track listing. An inner
-//! query cuts the page from the group column's index alone, and only the
-//! tracks of those groups are then read to compute names, counts and
-//! covers. A deep page therefore costs an index walk, not a read of every
-//! track before it.
+//! query cuts the page from `library_groups` (migration 0004), which has
+//! one row per group with its track count, kept exact by triggers on
+//! `tracks`. Only the tracks of those groups are then read to compute
+//! names, counts and covers. The number of groups is counted from the same
+//! table. So a page costs a walk over the groups before it, not over their
+//! tracks, and never a read of every track.
 
 use serde::{Deserialize, Serialize};
 
@@ -140,22 +142,7 @@ impl Catalog {
             AlbumSort::Album => "album_group",
             AlbumSort::Artist => "album_artist_group",
         };
-        let direction = direction(query.order);
-        // Both keys name the same groups, so grouping by the sort key and
-        // reading `album_group` as the id is exact.
-        let sql = format!(
-            "WITH page AS (SELECT {key} AS group_key FROM tracks GROUP BY {key} \
-             ORDER BY {key} {direction} LIMIT $1 OFFSET $2) \
-             SELECT page.group_key, MIN(tracks.album_group) AS album_group, \
-             MIN(tracks.album) AS album, \
-             MIN(COALESCE(tracks.album_artist, tracks.artist)) AS album_artist, \
-             COUNT(*) AS track_count, \
-             CAST(COALESCE(SUM(tracks.duration_ms), 0) AS BIGINT) AS duration_ms, \
-             MAX(tracks.year) AS year, \
-             MIN(CASE WHEN tracks.has_cover <> 0 THEN tracks.file_id END) AS cover_file_id \
-             FROM page CROSS JOIN tracks WHERE tracks.{key} = page.group_key \
-             GROUP BY page.group_key ORDER BY page.group_key {direction}"
-        );
+        let sql = albums_sql(key, direction(query.order));
 
         let mut transaction = self.begin_read(OPERATION).await?;
         let total = count_groups(&mut transaction, "album_group", OPERATION).await?;
@@ -199,16 +186,7 @@ impl Catalog {
     pub async fn list_artists(&self, query: &ArtistQuery) -> Result<Page<Artist>, CatalogError> {
         const OPERATION: &str = "list artists";
         let (limit, offset) = checked_page(query.limit, query.offset, MAX_PAGE_LIMIT)?;
-        let direction = direction(query.order);
-        let sql = format!(
-            "WITH page AS (SELECT artist_group AS group_key FROM tracks GROUP BY artist_group \
-             ORDER BY artist_group {direction} LIMIT $1 OFFSET $2) \
-             SELECT page.group_key, MIN(tracks.artist) AS artist, COUNT(*) AS track_count, \
-             COUNT(DISTINCT tracks.album_group) AS album_count, \
-             MIN(CASE WHEN tracks.has_cover <> 0 THEN tracks.file_id END) AS cover_file_id \
-             FROM page CROSS JOIN tracks WHERE tracks.artist_group = page.group_key \
-             GROUP BY page.group_key ORDER BY page.group_key {direction}"
-        );
+        let sql = artists_sql(direction(query.order));
 
         let mut transaction = self.begin_read(OPERATION).await?;
         let total = count_groups(&mut transaction, "artist_group", OPERATION).await?;
@@ -298,20 +276,60 @@ impl Catalog {
     }
 }
 
-/// Counts the distinct values of a group column, from its index alone.
-///
-/// NOTE: the count walks one index entry per track, so at 100,000 tracks
-/// an album or artist page takes tens of milliseconds on SQLite, above the
-/// 50 ms target when the machine is busy. A per-group count kept by the
-/// migration's triggers would make it constant.
+/// Builds the query of one page of albums cut by the group column `key`,
+/// which is `album_group` or `album_artist_group`. Both columns name the
+/// same groups, so cutting the page by the sort key and reading
+/// `album_group` as the id is exact. The limit and offset are `$1` and `$2`.
+fn albums_sql(key: &'static str, direction: &'static str) -> String {
+    format!(
+        "WITH page AS ({}) \
+         SELECT page.group_key, MIN(tracks.album_group) AS album_group, \
+         MIN(tracks.album) AS album, \
+         MIN(COALESCE(tracks.album_artist, tracks.artist)) AS album_artist, \
+         COUNT(*) AS track_count, \
+         CAST(COALESCE(SUM(tracks.duration_ms), 0) AS BIGINT) AS duration_ms, \
+         MAX(tracks.year) AS year, \
+         MIN(CASE WHEN tracks.has_cover <> 0 THEN tracks.file_id END) AS cover_file_id \
+         FROM page CROSS JOIN tracks WHERE tracks.{key} = page.group_key \
+         GROUP BY page.group_key ORDER BY page.group_key {direction}",
+        page_sql(key, direction)
+    )
+}
+
+/// Builds the query of one page of artists. The limit and offset are `$1`
+/// and `$2`.
+fn artists_sql(direction: &'static str) -> String {
+    format!(
+        "WITH page AS ({}) \
+         SELECT page.group_key, MIN(tracks.artist) AS artist, COUNT(*) AS track_count, \
+         COUNT(DISTINCT tracks.album_group) AS album_count, \
+         MIN(CASE WHEN tracks.has_cover <> 0 THEN tracks.file_id END) AS cover_file_id \
+         FROM page CROSS JOIN tracks WHERE tracks.artist_group = page.group_key \
+         GROUP BY page.group_key ORDER BY page.group_key {direction}",
+        page_sql("artist_group", direction)
+    )
+}
+
+/// Builds the query that returns the keys of one page of groups of
+/// `group_column`, as `group_key`, from the group counts table. The limit
+/// and offset are the parameters `$1` and `$2`.
+fn page_sql(group_column: &'static str, direction: &'static str) -> String {
+    format!(
+        "SELECT group_key FROM library_groups WHERE group_column = '{group_column}' \
+         ORDER BY group_key {direction} LIMIT $1 OFFSET $2"
+    )
+}
+
+/// Counts the groups of a group column: its rows in the group counts
+/// table, one per distinct value. The count walks one row per group, so it
+/// grows with the number of albums or artists, not with the tracks.
 async fn count_groups(
     connection: &mut sqlx::AnyConnection,
     group_column: &'static str,
     operation: &'static str,
 ) -> Result<u64, CatalogError> {
     let sql = format!(
-        "SELECT COUNT(*) AS total FROM (SELECT {group_column} FROM tracks \
-         GROUP BY {group_column}) AS groups"
+        "SELECT COUNT(*) AS total FROM library_groups WHERE group_column = '{group_column}'"
     );
     let row = sqlx::query(&sql)
         .fetch_one(connection)
@@ -369,7 +387,8 @@ mod tests {
     use sqlx::Connection;
 
     use super::*;
-    use crate::catalog::{AppliedState, EntryClock};
+    use crate::catalog::keys::SortKeys;
+    use crate::catalog::{AppliedState, Dialect, EntryClock};
     use crate::model::{Command, Cover, Manifest, TrackTags};
 
     const POSTGRES_URL_VAR: &str = "DISPOTIFY_TEST_POSTGRES_URL";
@@ -378,6 +397,7 @@ mod tests {
     /// A fresh catalog and what to drop when the test ends.
     struct TestCatalog {
         catalog: Catalog,
+        url: String,
         _directory: Option<tempfile::TempDir>,
         postgres: Option<(String, String)>,
     }
@@ -401,6 +421,7 @@ mod tests {
         let url = format!("sqlite://{}", directory.path().join("catalog.db").display());
         let mut catalogs = vec![TestCatalog {
             catalog: Catalog::connect(&url).await?,
+            url,
             _directory: Some(directory),
             postgres: None,
         }];
@@ -421,6 +442,7 @@ mod tests {
                 let url = format!("{root}/{name}");
                 catalogs.push(TestCatalog {
                     catalog: Catalog::connect(&url).await?,
+                    url,
                     _directory: None,
                     postgres: Some((admin_url, name)),
                 });
@@ -467,37 +489,48 @@ mod tests {
         format!("{n:064x}")
     }
 
+    /// Builds the track of `spec` with file id `n`.
+    fn spec_track(n: usize, spec: &Spec) -> Track {
+        Track {
+            file_id: file_id(n),
+            file_name: format!("{}.flac", spec.title),
+            title: spec.title.to_owned(),
+            tags: TrackTags {
+                title: Some(spec.title.to_owned()),
+                artist: spec.artist.map(str::to_owned),
+                album: spec.album.map(str::to_owned),
+                album_artist: spec.album_artist.map(str::to_owned),
+                track_number: spec.track,
+                disc_number: spec.disc,
+                year: spec.year,
+                duration_ms: Some(1_000 * n as u64),
+                ..TrackTags::default()
+            },
+            format: "flac".to_owned(),
+            content_type: "audio/flac".to_owned(),
+            size_bytes: 100,
+            sha256: file_id(n),
+            has_cover: spec.cover,
+            replicas: vec!["n1".to_owned()],
+            added_at_ms: n as i64,
+        }
+    }
+
     /// Adds the tracks through the same apply path as the Raft state
     /// machine; track `i` gets file id `i + 1`.
     async fn add(catalog: &Catalog, specs: &[Spec]) -> anyhow::Result<()> {
+        let numbered: Vec<(usize, &Spec)> =
+            specs.iter().enumerate().map(|(i, s)| (i + 1, s)).collect();
+        add_numbered(catalog, &numbered).await
+    }
+
+    /// Adds each `(n, spec)` as the track with file id `n`, in one batch
+    /// of log entries numbered like the file ids.
+    async fn add_numbered(catalog: &Catalog, specs: &[(usize, &Spec)]) -> anyhow::Result<()> {
         let mut entries = Vec::new();
-        for (index, spec) in specs.iter().enumerate() {
-            let n = index + 1;
-            let track = Track {
-                file_id: file_id(n),
-                file_name: format!("{}.flac", spec.title),
-                title: spec.title.to_owned(),
-                tags: TrackTags {
-                    title: Some(spec.title.to_owned()),
-                    artist: spec.artist.map(str::to_owned),
-                    album: spec.album.map(str::to_owned),
-                    album_artist: spec.album_artist.map(str::to_owned),
-                    track_number: spec.track,
-                    disc_number: spec.disc,
-                    year: spec.year,
-                    duration_ms: Some(1_000 * n as u64),
-                    ..TrackTags::default()
-                },
-                format: "flac".to_owned(),
-                content_type: "audio/flac".to_owned(),
-                size_bytes: 100,
-                sha256: file_id(n),
-                has_cover: spec.cover,
-                replicas: vec!["n1".to_owned()],
-                added_at_ms: n as i64,
-            };
+        for &(n, spec) in specs {
             let command = Command::AddTrack {
-                track,
+                track: spec_track(n, spec),
                 manifest: Manifest {
                     size_bytes: 100,
                     sha256: [0; 32],
@@ -795,6 +828,602 @@ mod tests {
             }
             test.close().await?;
         }
+        Ok(())
+    }
+
+    // --- Group counts ---
+
+    /// The group columns of `tracks` that `library_groups` counts.
+    const GROUP_COLUMNS: [&str; 3] = ["album_group", "album_artist_group", "artist_group"];
+
+    /// One row of `library_groups`: group column, group key, track count.
+    type GroupCount = (String, String, i64);
+
+    /// Returns the rows of `library_groups`, sorted.
+    async fn stored_group_counts(catalog: &Catalog) -> anyhow::Result<Vec<GroupCount>> {
+        let rows = sqlx::query("SELECT group_column, group_key, track_count FROM library_groups")
+            .fetch_all(&catalog.reader)
+            .await?;
+        let mut counts = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    column(row, "group_column")?,
+                    column(row, "group_key")?,
+                    column(row, "track_count")?,
+                ))
+            })
+            .collect::<Result<Vec<GroupCount>, CatalogError>>()?;
+        counts.sort();
+        Ok(counts)
+    }
+
+    /// Counts the groups of every group column from the tracks themselves,
+    /// sorted like [`stored_group_counts`].
+    async fn recounted_groups(catalog: &Catalog) -> anyhow::Result<Vec<GroupCount>> {
+        let mut counts = Vec::new();
+        for group_column in GROUP_COLUMNS {
+            let sql = format!(
+                "SELECT {group_column} AS group_key, COUNT(*) AS track_count FROM tracks \
+                 GROUP BY {group_column}"
+            );
+            for row in sqlx::query(&sql).fetch_all(&catalog.reader).await? {
+                counts.push((
+                    group_column.to_owned(),
+                    column(&row, "group_key")?,
+                    column(&row, "track_count")?,
+                ));
+            }
+        }
+        counts.sort();
+        Ok(counts)
+    }
+
+    /// Checks that the stored group counts equal a recount from the tracks,
+    /// and returns them.
+    async fn assert_counts_exact(
+        catalog: &Catalog,
+        phase: &str,
+    ) -> anyhow::Result<Vec<GroupCount>> {
+        let stored = stored_group_counts(catalog).await?;
+        let recounted = recounted_groups(catalog).await?;
+        assert_eq!(
+            stored,
+            recounted,
+            "{phase} on {:?}: stored group counts differ from a recount",
+            catalog.dialect()
+        );
+        Ok(stored)
+    }
+
+    /// Deletes track `n` with plain SQL on the writer pool. No command
+    /// deletes a single track, but the triggers must count every DELETE.
+    async fn delete_track(catalog: &Catalog, n: usize) -> anyhow::Result<()> {
+        let result = sqlx::query("DELETE FROM tracks WHERE file_id = $1")
+            .bind(file_id(n))
+            .execute(&catalog.writer)
+            .await?;
+        anyhow::ensure!(result.rows_affected() == 1, "track {n} was not deleted");
+        Ok(())
+    }
+
+    /// Rewrites the tags and sort keys of track `n` as `spec` has them, as
+    /// an edit of its tags would. No command edits tags, but the triggers
+    /// must follow every change of the sort keys.
+    async fn retag(catalog: &Catalog, n: usize, spec: &Spec) -> anyhow::Result<()> {
+        let track = spec_track(n, spec);
+        let keys = SortKeys::of(&track);
+        let result = sqlx::query(
+            "UPDATE tracks SET title = $1, artist = $2, album = $3, album_artist = $4, \
+             title_key = $5, artist_key = $6, album_key = $7 WHERE file_id = $8",
+        )
+        .bind(track.title.as_str())
+        .bind(track.tags.artist.as_deref())
+        .bind(track.tags.album.as_deref())
+        .bind(track.tags.album_artist.as_deref())
+        .bind(keys.title.as_str())
+        .bind(keys.artist.as_str())
+        .bind(keys.album.as_str())
+        .bind(file_id(n))
+        .execute(&catalog.writer)
+        .await?;
+        anyhow::ensure!(result.rows_affected() == 1, "track {n} was not retagged");
+        Ok(())
+    }
+
+    /// Reads every album in `sort` and `order` in pages of `page_size`,
+    /// checking the total of each page.
+    async fn all_albums(
+        catalog: &Catalog,
+        sort: AlbumSort,
+        order: SortOrder,
+        page_size: i64,
+    ) -> anyhow::Result<Vec<Album>> {
+        let mut albums = Vec::new();
+        loop {
+            let query = AlbumQuery {
+                limit: page_size,
+                offset: i64::try_from(albums.len())?,
+                sort,
+                order,
+            };
+            let page = catalog.list_albums(&query).await?;
+            let reference = reference_groups(catalog, "album_group", order).await?;
+            assert_eq!(page.total, reference.len() as u64, "album total");
+            if page.items.is_empty() {
+                return Ok(albums);
+            }
+            albums.extend(page.items);
+        }
+    }
+
+    /// Reads every artist in `order` in pages of `page_size`.
+    async fn all_artists(
+        catalog: &Catalog,
+        order: SortOrder,
+        page_size: i64,
+    ) -> anyhow::Result<Vec<Artist>> {
+        let mut artists = Vec::new();
+        loop {
+            let query = ArtistQuery {
+                limit: page_size,
+                offset: i64::try_from(artists.len())?,
+                order,
+            };
+            let page = catalog.list_artists(&query).await?;
+            let reference = reference_groups(catalog, "artist_group", order).await?;
+            assert_eq!(page.total, reference.len() as u64, "artist total");
+            if page.items.is_empty() {
+                return Ok(artists);
+            }
+            artists.extend(page.items);
+        }
+    }
+
+    /// Lists the groups of `key` by grouping the tracks themselves, which
+    /// defines what the listings must return: the hex id of each group (its
+    /// `album_group` for album keys) and its track count, in `order`.
+    async fn reference_groups(
+        catalog: &Catalog,
+        key: &str,
+        order: SortOrder,
+    ) -> anyhow::Result<Vec<(String, u64)>> {
+        let id_column = if key == "artist_group" {
+            "artist_group"
+        } else {
+            "album_group"
+        };
+        let sql = format!(
+            "SELECT {key} AS group_key, MIN({id_column}) AS id_key, COUNT(*) AS track_count \
+             FROM tracks GROUP BY {key} ORDER BY {key} {}",
+            direction(order)
+        );
+        let rows = sqlx::query(&sql).fetch_all(&catalog.reader).await?;
+        rows.iter()
+            .map(|row| {
+                let id_key: String = column(row, "id_key")?;
+                let track_count: i64 = column(row, "track_count")?;
+                Ok((hex::encode(id_key.as_bytes()), unsigned(track_count)))
+            })
+            .collect()
+    }
+
+    /// Checks every album and artist listing, read in pages, against
+    /// [`reference_groups`].
+    async fn assert_listings_match_reference(catalog: &Catalog, phase: &str) -> anyhow::Result<()> {
+        const PAGE_SIZE: i64 = 3;
+        for sort in [AlbumSort::Album, AlbumSort::Artist] {
+            let key = match sort {
+                AlbumSort::Album => "album_group",
+                AlbumSort::Artist => "album_artist_group",
+            };
+            for order in [SortOrder::Ascending, SortOrder::Descending] {
+                let listed: Vec<(String, u64)> = all_albums(catalog, sort, order, PAGE_SIZE)
+                    .await?
+                    .into_iter()
+                    .map(|album| (album.album_id, album.track_count))
+                    .collect();
+                let expected = reference_groups(catalog, key, order).await?;
+                assert_eq!(listed, expected, "{phase}: albums {sort:?} {order:?}");
+            }
+        }
+        for order in [SortOrder::Ascending, SortOrder::Descending] {
+            let listed: Vec<(String, u64)> = all_artists(catalog, order, PAGE_SIZE)
+                .await?
+                .into_iter()
+                .map(|artist| (artist.artist_id, artist.track_count))
+                .collect();
+            let expected = reference_groups(catalog, "artist_group", order).await?;
+            assert_eq!(listed, expected, "{phase}: artists {order:?}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn group_counts_follow_inserts_and_deletes() -> anyhow::Result<()> {
+        for test in catalogs("counts_insert_delete").await? {
+            let catalog = &test.catalog;
+            println!(
+                "phase: an empty catalog has no groups on {:?}",
+                catalog.dialect()
+            );
+            assert!(assert_counts_exact(catalog, "empty").await?.is_empty());
+
+            println!("phase: inserts count every group");
+            add(catalog, &library()).await?;
+            let full = assert_counts_exact(catalog, "inserted").await?;
+            // 5 albums, listed by album and by album artist, and 6 artists.
+            assert_eq!(full.len(), 5 + 5 + 6);
+            let albums = all_albums(catalog, AlbumSort::Album, SortOrder::Ascending, 100).await?;
+            assert_listings_match_reference(catalog, "inserted").await?;
+
+            println!("phase: inserting the same tracks again changes nothing");
+            add(catalog, &library()).await?;
+            assert_eq!(assert_counts_exact(catalog, "inserted twice").await?, full);
+
+            println!("phase: deleting the only track of a group removes its rows");
+            // Track 7, "Untitled", is alone in its album and artist groups.
+            delete_track(catalog, 7).await?;
+            let without_untitled = assert_counts_exact(catalog, "deleted 7").await?;
+            assert_eq!(without_untitled.len(), full.len() - 3);
+            let page = catalog
+                .list_albums(&albums_query(AlbumSort::Album, SortOrder::Ascending))
+                .await?;
+            assert_eq!(page.total, 4);
+            assert_listings_match_reference(catalog, "deleted 7").await?;
+
+            println!("phase: deleting one track of three lowers the count");
+            // Track 1 is one of the three tracks of Miles Davis's album.
+            delete_track(catalog, 1).await?;
+            assert_counts_exact(catalog, "deleted 1").await?;
+            let page = catalog
+                .list_albums(&albums_query(AlbumSort::Album, SortOrder::Ascending))
+                .await?;
+            assert_eq!(
+                album_names(&page)[3],
+                (Some("KIND OF BLUE"), Some("Miles Davis"), 2)
+            );
+            assert_listings_match_reference(catalog, "deleted 1").await?;
+
+            println!("phase: inserting the deleted tracks again restores every count");
+            add(catalog, &library()).await?;
+            assert_eq!(assert_counts_exact(catalog, "reinserted").await?, full);
+            let again = all_albums(catalog, AlbumSort::Album, SortOrder::Ascending, 100).await?;
+            assert_eq!(again, albums);
+
+            println!("phase: deleting every track removes every group");
+            sqlx::query("DELETE FROM tracks")
+                .execute(&catalog.writer)
+                .await?;
+            assert!(assert_counts_exact(catalog, "cleared").await?.is_empty());
+            let page = catalog
+                .list_albums(&albums_query(AlbumSort::Album, SortOrder::Ascending))
+                .await?;
+            assert_eq!((page.total, page.items.len()), (0, 0));
+            test.close().await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn group_counts_follow_tag_changes() -> anyhow::Result<()> {
+        for test in catalogs("counts_tags").await? {
+            let catalog = &test.catalog;
+            add(catalog, &library()).await?;
+            let full = assert_counts_exact(catalog, "inserted").await?;
+
+            println!(
+                "phase: moving a track into another album and artist on {:?}",
+                catalog.dialect()
+            );
+            // Track 4, Bill Evans's "Kind of Blue", is alone in its groups.
+            let moved = spec(
+                "Kind of Blue",
+                Some("Miles Davis"),
+                Some("Kind of Blue"),
+                None,
+                None,
+            );
+            retag(catalog, 4, &moved).await?;
+            let counts = assert_counts_exact(catalog, "moved 4").await?;
+            assert_eq!(counts.len(), full.len() - 3);
+            let page = catalog
+                .list_albums(&albums_query(AlbumSort::Album, SortOrder::Ascending))
+                .await?;
+            assert_eq!(page.total, 4);
+            assert_eq!(
+                album_names(&page)[2],
+                (Some("KIND OF BLUE"), Some("Miles Davis"), 4)
+            );
+            assert_listings_match_reference(catalog, "moved 4").await?;
+
+            println!("phase: a change of case only keeps every group");
+            let recased = spec(
+                "Kind of Blue",
+                Some("MILES DAVIS"),
+                Some("kind of blue"),
+                None,
+                None,
+            );
+            retag(catalog, 4, &recased).await?;
+            assert_eq!(assert_counts_exact(catalog, "recased 4").await?, counts);
+
+            println!("phase: changing the replica set keeps every group");
+            let replicas = Command::SetReplicas {
+                file_id: file_id(4),
+                replicas: vec!["n2".to_owned()],
+                verified: Vec::new(),
+                fence: None,
+            };
+            let applied = AppliedState {
+                last_applied: Some(r#"{"term":1,"index":100}"#.to_owned()),
+                last_membership: "{}".to_owned(),
+            };
+            catalog
+                .apply(&applied, Some(&replicas), EntryClock::default())
+                .await?;
+            assert_eq!(assert_counts_exact(catalog, "replicas of 4").await?, counts);
+
+            println!("phase: moving the track back restores every count");
+            retag(catalog, 4, &library()[3]).await?;
+            assert_eq!(assert_counts_exact(catalog, "moved back").await?, full);
+            assert_listings_match_reference(catalog, "moved back").await?;
+            test.close().await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn group_counts_follow_snapshot_import() -> anyhow::Result<()> {
+        let sources = catalogs("counts_snapshot_source").await?;
+        let targets = catalogs("counts_snapshot_target").await?;
+        for (source, target) in sources.into_iter().zip(targets) {
+            let dialect = source.catalog.dialect();
+            println!("phase: a snapshot replaces the groups of the target on {dialect:?}");
+            let mut empty_snapshot = Vec::new();
+            target.catalog.export_snapshot(&mut empty_snapshot).await?;
+            add(&source.catalog, &library()).await?;
+            let mut snapshot = Vec::new();
+            source.catalog.export_snapshot(&mut snapshot).await?;
+            // Track 1 of the target has other tags than track 1 of the source.
+            let others = [
+                spec("Elsewhere", Some("Someone"), Some("Other"), None, None),
+                spec("Unrelated", Some("Nobody"), None, None, None),
+            ];
+            add_numbered(&target.catalog, &[(1, &others[0]), (100, &others[1])]).await?;
+            assert_counts_exact(&target.catalog, "target before import").await?;
+
+            target.catalog.import_snapshot(snapshot.as_slice()).await?;
+            let imported = assert_counts_exact(&target.catalog, "imported").await?;
+            assert_eq!(imported, stored_group_counts(&source.catalog).await?);
+            assert_listings_match_reference(&target.catalog, "imported").await?;
+            for sort in [AlbumSort::Album, AlbumSort::Artist] {
+                for order in [SortOrder::Ascending, SortOrder::Descending] {
+                    assert_eq!(
+                        all_albums(&target.catalog, sort, order, 2).await?,
+                        all_albums(&source.catalog, sort, order, 2).await?,
+                        "albums {sort:?} {order:?}"
+                    );
+                }
+            }
+            assert_eq!(
+                all_artists(&target.catalog, SortOrder::Ascending, 2).await?,
+                all_artists(&source.catalog, SortOrder::Ascending, 2).await?
+            );
+
+            println!("phase: a failed import leaves the groups unchanged");
+            let truncated = &snapshot[..snapshot.len() / 2];
+            assert!(target.catalog.import_snapshot(truncated).await.is_err());
+            assert_eq!(
+                assert_counts_exact(&target.catalog, "failed import").await?,
+                imported
+            );
+
+            println!("phase: importing the same snapshot again keeps the groups");
+            target.catalog.import_snapshot(snapshot.as_slice()).await?;
+            assert_eq!(
+                assert_counts_exact(&target.catalog, "imported again").await?,
+                imported
+            );
+
+            println!("phase: an empty snapshot removes every group");
+            target
+                .catalog
+                .import_snapshot(empty_snapshot.as_slice())
+                .await?;
+            assert!(assert_counts_exact(&target.catalog, "emptied")
+                .await?
+                .is_empty());
+            let artists = target
+                .catalog
+                .list_artists(&ArtistQuery {
+                    limit: 10,
+                    offset: 0,
+                    order: SortOrder::Ascending,
+                })
+                .await?;
+            assert_eq!((artists.total, artists.items.len()), (0, 0));
+            source.close().await?;
+            target.close().await?;
+        }
+        Ok(())
+    }
+
+    /// Removes what migration 0004 created and its record, so that the
+    /// next connection runs it again on the tracks already stored, as an
+    /// upgrade of an existing catalog does.
+    async fn undo_group_counts_migration(catalog: &Catalog) -> anyhow::Result<()> {
+        let statements: &[&str] = match catalog.dialect() {
+            Dialect::Sqlite => &[
+                "DROP TRIGGER library_groups_on_insert",
+                "DROP TRIGGER library_groups_on_update",
+                "DROP TRIGGER library_groups_on_delete",
+                "DROP TABLE library_groups",
+            ],
+            Dialect::Postgres => &[
+                "DROP TRIGGER library_groups_on_insert ON tracks",
+                "DROP TRIGGER library_groups_on_update ON tracks",
+                "DROP TRIGGER library_groups_on_delete ON tracks",
+                "DROP FUNCTION library_groups_count_inserted()",
+                "DROP FUNCTION library_groups_count_deleted()",
+                "DROP FUNCTION library_groups_count_updated()",
+                "DROP FUNCTION library_groups_move(TEXT, TEXT, TEXT)",
+                "DROP TABLE library_groups",
+            ],
+        };
+        for statement in statements {
+            sqlx::query(statement).execute(&catalog.writer).await?;
+        }
+        let result = sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 4")
+            .execute(&catalog.writer)
+            .await?;
+        anyhow::ensure!(result.rows_affected() == 1, "migration 4 was not recorded");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn group_counts_migration_counts_existing_tracks() -> anyhow::Result<()> {
+        for mut test in catalogs("counts_migration").await? {
+            let dialect = test.catalog.dialect();
+            println!("phase: migration 0004 counts the tracks stored before it on {dialect:?}");
+            add(&test.catalog, &library()).await?;
+            let expected = assert_counts_exact(&test.catalog, "before the upgrade").await?;
+            let albums =
+                all_albums(&test.catalog, AlbumSort::Album, SortOrder::Ascending, 100).await?;
+            undo_group_counts_migration(&test.catalog).await?;
+            test.catalog.close().await;
+
+            test.catalog = Catalog::connect(&test.url).await?;
+            let upgraded = assert_counts_exact(&test.catalog, "after the upgrade").await?;
+            assert_eq!(upgraded, expected);
+            let upgraded_albums =
+                all_albums(&test.catalog, AlbumSort::Album, SortOrder::Ascending, 100).await?;
+            assert_eq!(upgraded_albums, albums);
+
+            println!("phase: the triggers count the writes after the upgrade");
+            delete_track(&test.catalog, 2).await?;
+            assert_counts_exact(&test.catalog, "deleted after the upgrade").await?;
+            add(&test.catalog, &library()).await?;
+            assert_eq!(
+                assert_counts_exact(&test.catalog, "reinserted").await?,
+                expected
+            );
+            test.close().await?;
+        }
+        Ok(())
+    }
+
+    /// Steps of the random test, ten per track slot on average, so most
+    /// slots are inserted, retagged and deleted more than once.
+    const RANDOM_STEPS: usize = 240;
+
+    /// Steps between two recounts in the random test.
+    const RANDOM_CHECK_EVERY: usize = 30;
+
+    /// Track slots of the random test. They are few, so groups empty and
+    /// fill again often.
+    const RANDOM_TRACKS: u64 = 24;
+
+    #[tokio::test]
+    async fn group_counts_stay_exact_under_random_changes() -> anyhow::Result<()> {
+        const ARTISTS: [Option<&str>; 6] = [
+            Some("Miles Davis"),
+            Some("MILES DAVIS"),
+            Some("Björk"),
+            Some("Bjork"),
+            Some("Sigur Rós"),
+            None,
+        ];
+        const ALBUMS: [Option<&str>; 4] = [
+            Some("Kind of Blue"),
+            Some("Homogenic"),
+            Some("Ágætis byrjun"),
+            None,
+        ];
+        const ALBUM_ARTISTS: [Option<&str>; 3] = [None, None, Some("Various Artists")];
+        let seed = 0x9e37_79b9_u64;
+        for test in catalogs("counts_random").await? {
+            let catalog = &test.catalog;
+            println!(
+                "phase: random inserts, retags and deletes on {:?}, seed {seed:#x}",
+                catalog.dialect()
+            );
+            let mut state = seed;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let mut present = std::collections::BTreeSet::new();
+            for step in 1..=RANDOM_STEPS {
+                let n = usize::try_from(1 + next() % RANDOM_TRACKS)?;
+                let pick =
+                    |value: u64, len: usize| usize::try_from(value % len as u64).unwrap_or(0);
+                let spec = Spec {
+                    album_artist: ALBUM_ARTISTS[pick(next(), ALBUM_ARTISTS.len())],
+                    ..spec(
+                        "Track",
+                        ARTISTS[pick(next(), ARTISTS.len())],
+                        ALBUMS[pick(next(), ALBUMS.len())],
+                        None,
+                        None,
+                    )
+                };
+                if !present.contains(&n) {
+                    add_numbered(catalog, &[(n, &spec)]).await?;
+                    present.insert(n);
+                } else if next() % 2 == 0 {
+                    retag(catalog, n, &spec).await?;
+                } else {
+                    delete_track(catalog, n).await?;
+                    present.remove(&n);
+                }
+                if step % RANDOM_CHECK_EVERY == 0 {
+                    let phase = format!("step {step} of seed {seed:#x}");
+                    assert_counts_exact(catalog, &phase).await?;
+                    assert_listings_match_reference(catalog, &phase).await?;
+                }
+            }
+            test.close().await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_group_pages_read_the_counts() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", directory.path().join("plan.db").display());
+        let catalog = Catalog::connect(&url).await?;
+        let cases = [
+            ("album_group", albums_sql("album_group", "ASC")),
+            (
+                "album_artist_group",
+                albums_sql("album_artist_group", "DESC"),
+            ),
+            ("artist_group", artists_sql("ASC")),
+        ];
+        for (key, sql) in cases {
+            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind(100_i64)
+                .bind(0_i64)
+                .fetch_all(&catalog.reader)
+                .await?;
+            let plan = rows
+                .iter()
+                .map(|row| column::<String>(row, "detail"))
+                .collect::<Result<Vec<_>, _>>()?;
+            println!("{key}: {plan:?}");
+            let page_step = "SEARCH library_groups USING PRIMARY KEY (group_column=?)";
+            assert!(plan.iter().any(|step| step == page_step), "{key}: {plan:?}");
+            let tracks_step = format!("SEARCH tracks USING INDEX tracks_by_{key} ({key}=?)");
+            assert!(plan.contains(&tracks_step), "{key}: {plan:?}");
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN tracks")),
+                "{key} scans the tracks: {plan:?}"
+            );
+        }
+        catalog.close().await;
         Ok(())
     }
 }

@@ -1401,6 +1401,54 @@ async fn pages_stay_fast_at_scale(databases: &mut TestDatabases) -> anyhow::Resu
         }
     }
 
+    println!("phase: album and artist pages");
+    for sort in [AlbumSort::Album, AlbumSort::Artist] {
+        for order in [SortOrder::Ascending, SortOrder::Descending] {
+            let first = AlbumQuery {
+                limit: 100,
+                offset: 0,
+                sort,
+                order,
+            };
+            let total = i64::try_from(catalog.list_albums(&first).await?.total)?;
+            let last_page = (total - 100).max(0);
+            for offset in [0, last_page / 2, last_page] {
+                let query = AlbumQuery { offset, ..first };
+                let started = Instant::now();
+                let page = catalog.list_albums(&query).await?;
+                let elapsed = started.elapsed();
+                println!("albums {sort:?} {order:?} offset {offset} of {total}: {elapsed:?}");
+                assert_eq!(page.items.len() as i64, (total - offset).min(100));
+                assert!(
+                    elapsed < SCALE_MAX_PAGE_TIME,
+                    "albums {sort:?} {order:?} offset {offset} took {elapsed:?}"
+                );
+            }
+        }
+    }
+    for order in [SortOrder::Ascending, SortOrder::Descending] {
+        let first = ArtistQuery {
+            limit: 100,
+            offset: 0,
+            order,
+        };
+        let total = i64::try_from(catalog.list_artists(&first).await?.total)?;
+        let last_page = (total - 100).max(0);
+        for offset in [0, last_page / 2, last_page] {
+            let started = Instant::now();
+            let page = catalog
+                .list_artists(&ArtistQuery { offset, ..first })
+                .await?;
+            let elapsed = started.elapsed();
+            println!("artists {order:?} offset {offset} of {total}: {elapsed:?}");
+            assert_eq!(page.items.len() as i64, (total - offset).min(100));
+            assert!(
+                elapsed < SCALE_MAX_PAGE_TIME,
+                "artists {order:?} offset {offset} took {elapsed:?}"
+            );
+        }
+    }
+
     println!("phase: search pages");
     let mut state = seed;
     let common_word = synthetic_word(&mut state);
