@@ -6,6 +6,7 @@
 import { streamUrl, type Track } from "../api";
 import { chooseStreamOrigin, type StreamNode } from "./failover";
 import {
+  handoffDelayMs,
   insertAfter,
   move,
   nextIndex,
@@ -60,6 +61,8 @@ export class PlayerEngine {
   private prefetched: (PrefetchPlan & { origin: string }) | null = null;
   private probeTimer: number | undefined;
   private stallTimer: number | undefined;
+  /** Timer that starts the buffered next track as the current one ends. */
+  private handoffTimer: number | undefined;
   private failingOver = false;
   private resumeAt: number | null = null;
 
@@ -197,6 +200,7 @@ export class PlayerEngine {
 
   seek(seconds: number): void {
     if (this.state.index < 0) return;
+    this.cancelHandoff();
     const duration = this.audio.duration;
     const limit = Number.isFinite(duration) ? duration : Number.MAX_VALUE;
     const target = Math.min(Math.max(seconds, 0), limit);
@@ -222,6 +226,7 @@ export class PlayerEngine {
   }
 
   private stop(): void {
+    this.cancelHandoff();
     this.audio.pause();
     this.audio.removeAttribute("src");
     this.audio.load();
@@ -236,6 +241,7 @@ export class PlayerEngine {
   private load(index: number, autoplay: boolean): void {
     const track = this.state.queue[index];
     if (!track) return;
+    this.cancelHandoff();
     const old = this.audio;
     const ready = this.prefetched;
     if (ready && ready.index === index && ready.fileId === track.file_id && !this.failedOrigins.has(ready.origin)) {
@@ -287,6 +293,29 @@ export class PlayerEngine {
     standby.src = streamUrl(plan.fileId, origin);
     standby.load();
     this.prefetched = { ...plan, origin };
+  }
+
+  /**
+   * Schedules the start of the next track for the moment the current one
+   * ends, when the next one is a gapless successor that is fully buffered.
+   */
+  private scheduleHandoff(): void {
+    const ready = this.prefetched;
+    if (this.handoffTimer !== undefined || !ready || ready.preload !== "auto") return;
+    if (this.standby.readyState < HTMLMediaElement.HAVE_ENOUGH_DATA) return;
+    const audio = this.audio;
+    const delay = handoffDelayMs(audio.duration, audio.currentTime, audio.playbackRate);
+    if (delay === null) return;
+    const index = this.state.index;
+    this.handoffTimer = window.setTimeout(() => {
+      this.handoffTimer = undefined;
+      if (this.state.index === index && this.state.playing) this.load(ready.index, true);
+    }, delay);
+  }
+
+  private cancelHandoff(): void {
+    window.clearTimeout(this.handoffTimer);
+    this.handoffTimer = undefined;
   }
 
   private clearPrefetch(): void {
@@ -402,6 +431,7 @@ export class PlayerEngine {
     });
     element.addEventListener("pause", () => {
       if (!isActive() || this.failingOver) return;
+      this.cancelHandoff();
       this.update({ playing: false });
       this.stopProbing();
       this.updateMediaSession();
@@ -410,6 +440,7 @@ export class PlayerEngine {
       if (!isActive() || this.resumeAt !== null) return;
       this.update({ positionSeconds: element.currentTime });
       this.updatePositionState();
+      if (this.state.playing) this.scheduleHandoff();
     });
     element.addEventListener("durationchange", () => {
       if (isActive() && Number.isFinite(element.duration)) {

@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import type { Track } from "../api";
 import {
+  HANDOFF_WINDOW_SECONDS,
+  handoffDelayMs,
   insertAfter,
   isGaplessPair,
   move,
@@ -124,5 +126,28 @@ describe("queue edits", () => {
     expect(move(items, 2, 0, 3)).toEqual({ queue: ["b", "c", "d", "a"], current: 1 });
     expect(move(items, 1, 3, 0)).toEqual({ queue: ["d", "a", "b", "c"], current: 2 });
     expect(move(items, 1, 2, 3)).toEqual({ queue: ["a", "b", "d", "c"], current: 1 });
+  });
+});
+
+describe("handoff to the next track", () => {
+  it("waits while the end is outside the window", () => {
+    expect(handoffDelayMs(180, 100, 1)).toBeNull();
+    expect(handoffDelayMs(180, 180 - HANDOFF_WINDOW_SECONDS - 0.01, 1)).toBeNull();
+  });
+
+  it("returns the time left inside the window", () => {
+    expect(handoffDelayMs(180, 179.75, 1)).toBeCloseTo(250, 6);
+    expect(handoffDelayMs(180, 179.75, 2)).toBeCloseTo(125, 6);
+  });
+
+  it("never returns a negative delay", () => {
+    expect(handoffDelayMs(180, 180.2, 1)).toBe(0);
+  });
+
+  it("returns null for an unknown duration or a stopped rate", () => {
+    expect(handoffDelayMs(Number.NaN, 1, 1)).toBeNull();
+    expect(handoffDelayMs(Number.POSITIVE_INFINITY, 1, 1)).toBeNull();
+    expect(handoffDelayMs(0, 0, 1)).toBeNull();
+    expect(handoffDelayMs(180, 179.9, 0)).toBeNull();
   });
 });

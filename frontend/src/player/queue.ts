@@ -55,6 +55,27 @@ export function prefetchPlan(queue: readonly Track[], index: number): PrefetchPl
   return { index: next, fileId: queue[next].file_id, preload: gapless ? "auto" : "metadata" };
 }
 
+/**
+ * Seconds before the end of a track from which the start of a buffered
+ * next track is scheduled. Chromium fires `timeupdate` about every 250 ms,
+ * so one event always falls inside this window.
+ */
+export const HANDOFF_WINDOW_SECONDS = 0.5;
+
+/**
+ * Returns the milliseconds until a track at `positionSeconds` of
+ * `durationSeconds` ends when played at `rate`, once that end is inside
+ * [`HANDOFF_WINDOW_SECONDS`]; null while it is further away or unknown.
+ * Starting the next track on a timer at that moment, rather than on the
+ * `ended` event, avoids the event's delay between the two tracks.
+ */
+export function handoffDelayMs(durationSeconds: number, positionSeconds: number, rate: number): number | null {
+  if (!Number.isFinite(durationSeconds) || durationSeconds <= 0 || !(rate > 0)) return null;
+  const remaining = durationSeconds - positionSeconds;
+  if (remaining > HANDOFF_WINDOW_SECONDS) return null;
+  return Math.max(0, (remaining / rate) * 1000);
+}
+
 /** Inserts `tracks` right after `index` ("play next"). */
 export function insertAfter<T>(queue: readonly T[], index: number, tracks: readonly T[]): T[] {
   const at = Math.min(Math.max(index + 1, 0), queue.length);
