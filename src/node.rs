@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispotify_transport::{Endpoint, TlsIdentity, TransportConfig};
+use futures::StreamExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::broadcast;
@@ -71,6 +72,10 @@ pub struct Node {
     /// one membership change at a time, so concurrent joins queue here.
     pub membership_changes: tokio::sync::Mutex<()>,
     pub metrics: crate::metrics::Metrics,
+    /// When this node last heard from a leader, for the quorum check.
+    pub leader_contact: LeaderContact,
+    /// The last quorum check's result, reused for a short while.
+    pub quorum_probe: tokio::sync::Mutex<Option<QuorumProbe>>,
     pub shutdown: CancellationToken,
     /// Flag set when this node serves incoming RPCs. A node that started
     /// with an empty data directory and no `--bootstrap` serves none until
@@ -230,7 +235,11 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         })?;
 
     let discovery = Discovery::new(config.peer_cache_ttl);
-    let network = Network::new(endpoint.clone(), discovery.clone());
+    let network = Network::new(
+        endpoint.clone(),
+        discovery.clone(),
+        config.raft.heartbeat_interval,
+    );
     let raft_config = consensus::raft_config(&config.raft).map_err(|e| StartError::Raft {
         detail: e.to_string(),
     })?;
@@ -263,6 +272,8 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         events,
         membership_changes: tokio::sync::Mutex::new(()),
         metrics: crate::metrics::Metrics::new(),
+        leader_contact: LeaderContact::new(),
+        quorum_probe: tokio::sync::Mutex::new(None),
         shutdown: CancellationToken::new(),
         admitted: std::sync::atomic::AtomicBool::new(!fresh || bootstrap),
         refusal: std::sync::Mutex::new(None),
@@ -377,22 +388,31 @@ pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
 
 /// Proposes `request` on this node, which must be the leader. A leader that
 /// has heard from no majority for two election timeouts (at least
-/// [`MIN_QUORUM_SILENCE`]) is cut off from it and refuses at once rather
-/// than after [`WRITE_TIMEOUT`].
+/// [`MIN_QUORUM_SILENCE`]) is cut off from it, so it rejects the write at
+/// once. A proposal that is waiting for its commit gives up at that point
+/// rather than after [`WRITE_TIMEOUT`].
 pub async fn propose_local(node: &Node, mut request: Request) -> Result<WriteReceipt, RemoteError> {
-    let quorum_silence_ms = node.raft.metrics().borrow().millis_since_quorum_ack;
-    let limit = (node.config.raft.election_timeout_max * 2).max(MIN_QUORUM_SILENCE);
-    if let Some(silence_ms) = quorum_silence_ms {
-        if u128::from(silence_ms) > limit.as_millis() {
-            return Err(RemoteError::NoQuorum {
-                detail: format!(
-                    "the leader has not heard from a majority of the members for {silence_ms} ms"
-                ),
+    let limit = quorum_silence_limit(node);
+    if let Some(silence) = quorum_silence(&node.raft.metrics().borrow(), limit) {
+        return Err(no_quorum_at_leader(silence));
+    }
+
+    request.at_ms = now_ms();
+    let mut metrics = node.raft.metrics();
+    let cut_off = metrics.wait_for(|m| quorum_silence(m, limit).is_some());
+    let written = tokio::select! {
+        written = tokio::time::timeout(WRITE_TIMEOUT, node.raft.client_write(request)) => written,
+        watched = cut_off => {
+            let silence = watched.ok().and_then(|m| quorum_silence(&m, limit));
+            return Err(match silence {
+                Some(silence) => no_quorum_at_leader(silence),
+                None => RemoteError::Failed {
+                    node_id: node.config.id.clone(),
+                    detail: "raft stopped".to_string(),
+                },
             });
         }
-    }
-    request.at_ms = now_ms();
-    let written = tokio::time::timeout(WRITE_TIMEOUT, node.raft.client_write(request)).await;
+    };
     match written {
         Err(_) => Err(RemoteError::NoQuorum {
             detail: format!("no commit within {WRITE_TIMEOUT:?}"),
@@ -413,61 +433,371 @@ pub async fn propose_local(node: &Node, mut request: Request) -> Result<WriteRec
     }
 }
 
+/// Silence from a majority after which a leader counts as cut off from it.
+fn quorum_silence_limit(node: &Node) -> Duration {
+    (node.config.raft.election_timeout_max * 2).max(MIN_QUORUM_SILENCE)
+}
+
+/// Returns how long a leader has heard from no majority, when that is
+/// longer than `limit`.
+fn quorum_silence(metrics: &consensus::Metrics, limit: Duration) -> Option<Duration> {
+    if metrics.state != ServerState::Leader {
+        return None;
+    }
+    let silence = Duration::from_millis(metrics.millis_since_quorum_ack?);
+    (silence > limit).then_some(silence)
+}
+
+fn no_quorum_at_leader(silence: Duration) -> RemoteError {
+    RemoteError::NoQuorum {
+        detail: format!(
+            "the leader has not heard from a majority of the members for {} ms",
+            silence.as_millis()
+        ),
+    }
+}
+
 /// Commits `command` through Raft from any node: locally on the leader,
-/// otherwise forwarded to the leader, retrying while leadership settles.
+/// otherwise forwarded to the leader. When the leader changes, stops
+/// responding or cannot be reached, the write is sent again to the next
+/// leader with capped exponential backoff, within [`WRITE_TIMEOUT`] in all.
+/// A node that evidently cannot reach a quorum fails the write at once with
+/// [`ApiError::NoQuorum`] (see [`check_quorum`]).
+///
+/// NOTE: a write whose forward was abandoned may still have been committed
+/// by the leader it went to, so the command sent again can be applied
+/// twice. A second `AddTrack` then reports no change, and a second
+/// `ReleaseLock` reports the lock as not held.
 pub async fn write(node: &Arc<Node>, command: Command) -> Result<WriteReceipt, ApiError> {
-    let started = Instant::now();
+    let deadline = Instant::now() + WRITE_TIMEOUT;
     let request = Request { at_ms: 0, command };
+    let mut backoff = FIRST_WRITE_RETRY_BACKOFF;
     let mut last_error = String::from("no leader elected");
-    for attempt in 1..=crate::limits::MAX_FORWARD_ATTEMPTS {
-        if started.elapsed() > WRITE_TIMEOUT {
-            break;
-        }
+    let mut attempt = 0;
+    while attempt < crate::limits::MAX_FORWARD_ATTEMPTS && Instant::now() < deadline {
+        check_quorum(node).await?;
+        let term = node.raft.metrics().borrow().current_term;
         let Some((leader_id, member)) = leader(node) else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if node.raft.metrics().borrow().current_leader.is_none() {
+                wait_for_new_leader(node, None, term, deadline).await;
+            } else {
+                // The leader is not in this node's membership yet.
+                tokio::time::sleep_until(deadline.min(Instant::now() + backoff).into()).await;
+            }
             continue;
         };
+        attempt += 1;
+
         let proposed_at = Instant::now();
         let result = if leader_id == node.raft_id {
-            propose_local(node, request.clone()).await
+            propose_local(node, request.clone())
+                .await
+                .map_err(Retry::from)
         } else {
-            forward(node, &member, request.clone()).await
+            forward_watched(node, leader_id, &member, term, request.clone(), deadline).await
         };
-        match result {
+        let error = match result {
             Ok(receipt) => {
                 node.metrics
                     .commit_seconds
                     .observe(proposed_at.elapsed().as_secs_f64());
                 return Ok(receipt);
             }
-            Err(RemoteError::NoQuorum { detail }) => return Err(ApiError::NoQuorum { detail }),
-            Err(error) => {
-                tracing::debug!(attempt, leader = %member.name, %error, "write not accepted, retrying");
-                last_error = error.to_string();
-                tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+            Err(Retry::Remote(RemoteError::NoQuorum { detail })) => {
+                return Err(ApiError::NoQuorum { detail })
             }
+            Err(error) => error,
+        };
+        tracing::info!(
+            node_id = %node.config.id,
+            peer = %member.name,
+            term,
+            attempt,
+            %error,
+            "write not accepted by the leader, retrying"
+        );
+        last_error = error.to_string();
+        if let Retry::LeaderSilent { .. } = error {
+            // A silent leader is either gone or cut off from this node, and
+            // only the quorum check distinguishes the two.
+            check_quorum(node).await?;
+            let patience = Instant::now() + node.config.raft.election_timeout_max * 2;
+            wait_for_new_leader(node, Some(leader_id), term, deadline.min(patience)).await;
+        } else {
+            tokio::time::sleep_until(deadline.min(Instant::now() + backoff).into()).await;
+            backoff = (backoff * 2).min(MAX_WRITE_RETRY_BACKOFF);
         }
     }
-    tracing::warn!(error = %last_error, "write failed: no leader accepted it");
+    tracing::warn!(node_id = %node.config.id, error = %last_error, "write failed: no leader accepted it");
     Err(ApiError::NoQuorum { detail: last_error })
+}
+
+/// Wait before the first retry of a write that the leader did not accept.
+/// Short, because most failures are a leader change that is already known.
+const FIRST_WRITE_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Maximum wait between two retries of a write, so several retries fit in
+/// [`WRITE_TIMEOUT`] while a new leader is being elected.
+const MAX_WRITE_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+
+/// How often a forwarded write, or an upload being copied to its replicas,
+/// checks whether this node still hears from the leader. Shorter than any
+/// sensible election timeout.
+const LEADER_SILENCE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The reason an attempt at a write ended without a commit.
+#[derive(Debug, thiserror::Error)]
+enum Retry {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error("leader {leader} lost its place in term {term}")]
+    LeaderChanged { leader: String, term: u64 },
+    #[error("no message from leader {leader} for {silent_ms} ms")]
+    LeaderSilent { leader: String, silent_ms: u64 },
+}
+
+/// Forwards `request` to the leader `member`, and abandons the call as
+/// soon as the Raft metrics report another leader or term, or once both
+/// the call and the silence from the leader last longer than the maximum
+/// election timeout.
+async fn forward_watched(
+    node: &Node,
+    leader_id: RaftId,
+    member: &Member,
+    term: u64,
+    request: Request,
+    deadline: Instant,
+) -> Result<WriteReceipt, Retry> {
+    let mut metrics = node.raft.metrics();
+    let replaced =
+        metrics.wait_for(|m| m.current_leader != Some(leader_id) || m.current_term != term);
+    let silence_limit = node.config.raft.election_timeout_max;
+    let started = Instant::now();
+    let silent = async {
+        let mut check = tokio::time::interval(LEADER_SILENCE_CHECK_INTERVAL);
+        loop {
+            check.tick().await;
+            let silence = node.leader_contact.elapsed();
+            if silence > silence_limit && started.elapsed() > silence_limit {
+                return silence;
+            }
+        }
+    };
+    tokio::select! {
+        result = forward(node, member, request, deadline) => result.map_err(Retry::from),
+        _ = replaced => Err(Retry::LeaderChanged { leader: member.name.clone(), term }),
+        silence = silent => Err(Retry::LeaderSilent {
+            leader: member.name.clone(),
+            silent_ms: silence.as_millis() as u64,
+        }),
+    }
 }
 
 async fn forward(
     node: &Node,
     leader: &Member,
     request: Request,
+    deadline: Instant,
 ) -> Result<WriteReceipt, RemoteError> {
     let client = rpc_client(node, leader).await?;
-    match client
-        .propose(context_with_timeout(WRITE_TIMEOUT), request)
-        .await
-    {
+    let mut context = tarpc::context::current();
+    context.deadline = deadline;
+    match client.propose(context, request).await {
         Ok(result) => result,
         Err(e) => Err(RemoteError::Failed {
             node_id: leader.name.clone(),
             detail: e.to_string(),
         }),
     }
+}
+
+/// Waits until the metrics name a leader other than `previous` or a term
+/// other than `term`, or until `deadline`.
+async fn wait_for_new_leader(node: &Node, previous: Option<RaftId>, term: u64, deadline: Instant) {
+    let mut metrics = node.raft.metrics();
+    let changed = metrics.wait_for(|m| {
+        m.current_term != term || (m.current_leader.is_some() && m.current_leader != previous)
+    });
+    let _ = tokio::time::timeout_at(deadline.into(), changed).await;
+}
+
+/// How long a ping of the quorum check may take. A peer that does not
+/// respond within it counts as unreachable, as in the health checks.
+const QUORUM_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long the result of a quorum check serves later writes, so a burst
+/// of writes on a cut-off node sends one round of pings.
+const QUORUM_PROBE_REUSE: Duration = Duration::from_millis(500);
+
+/// When this node last accepted an AppendEntries from a leader. The node's
+/// start counts as the first contact, so a node that has just started is
+/// not taken for a cut-off one.
+#[derive(Debug)]
+pub struct LeaderContact {
+    last: std::sync::Mutex<Instant>,
+}
+
+impl LeaderContact {
+    pub fn new() -> LeaderContact {
+        LeaderContact {
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Records an AppendEntries accepted from the leader now.
+    pub fn record(&self) {
+        *self.lock() = Instant::now();
+    }
+
+    /// Time since the last AppendEntries from a leader.
+    pub fn elapsed(&self) -> Duration {
+        self.lock().elapsed()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Instant> {
+        // The guarded value is a plain Instant, valid whatever a panicking
+        // holder did.
+        self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact::new()
+    }
+}
+
+/// The number of voters that responded to the last quorum check, and
+/// when.
+#[derive(Clone, Copy, Debug)]
+pub struct QuorumProbe {
+    at: Instant,
+    reached: usize,
+    voters: usize,
+}
+
+impl QuorumProbe {
+    fn required(&self) -> usize {
+        self.voters / 2 + 1
+    }
+}
+
+/// Fails at once with [`ApiError::NoQuorum`] when this node evidently
+/// cannot take part in a write quorum, so a client is not kept waiting for
+/// [`WRITE_TIMEOUT`]:
+///
+/// - on the leader, when it has heard from no majority for two election
+///   timeouts (at least [`MIN_QUORUM_SILENCE`]);
+/// - on any other node, when it has accepted no AppendEntries from a
+///   leader for longer than the election timeout and fewer than a
+///   majority of the voters, itself included, respond to a ping within
+///   [`QUORUM_PROBE_TIMEOUT`].
+///
+/// A follower that hears from its leader, or that reaches a majority while
+/// a new leader is elected, passes: the write can then commit.
+pub async fn check_quorum(node: &Node) -> Result<(), ApiError> {
+    let metrics = node.raft.metrics().borrow().clone();
+    if metrics.state == ServerState::Leader {
+        return match quorum_silence(&metrics, quorum_silence_limit(node)) {
+            Some(silence) => Err(ApiError::NoQuorum {
+                detail: no_quorum_at_leader(silence).to_string(),
+            }),
+            None => Ok(()),
+        };
+    }
+    let silence = node.leader_contact.elapsed();
+    if silence <= node.config.raft.election_timeout_max {
+        return Ok(());
+    }
+
+    let probe = probe_voters(node, &metrics).await;
+    if probe.reached >= probe.required() {
+        return Ok(());
+    }
+    tracing::warn!(
+        node_id = %node.config.id,
+        silent_ms = silence.as_millis() as u64,
+        reached = probe.reached,
+        voters = probe.voters,
+        "write rejected: no leader and no quorum reachable"
+    );
+    Err(ApiError::NoQuorum {
+        detail: format!(
+            "this node has heard from no leader for {} ms and reaches {} of the {} voters, \
+             fewer than the {} a quorum needs",
+            silence.as_millis(),
+            probe.reached,
+            probe.voters,
+            probe.required()
+        ),
+    })
+}
+
+/// Returns the error of [`check_quorum`] once this node can no longer
+/// reach a write quorum, and never before. Raced against work that comes
+/// before a Raft write and takes long, such as copying an upload to its
+/// replicas.
+pub async fn quorum_lost(node: &Node) -> ApiError {
+    let mut check = tokio::time::interval(LEADER_SILENCE_CHECK_INTERVAL);
+    loop {
+        check.tick().await;
+        if let Err(error) = check_quorum(node).await {
+            return error;
+        }
+    }
+}
+
+/// Pings every other voter and counts the ones that respond within
+/// [`QUORUM_PROBE_TIMEOUT`], this node included when it is a voter.
+/// Reuses a result younger than [`QUORUM_PROBE_REUSE`].
+async fn probe_voters(node: &Node, metrics: &consensus::Metrics) -> QuorumProbe {
+    let mut last = node.quorum_probe.lock().await;
+    if let Some(probe) = *last {
+        if probe.at.elapsed() < QUORUM_PROBE_REUSE {
+            return probe;
+        }
+    }
+
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<(RaftId, Member)> = membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|m| (id, m.clone())))
+        .collect();
+    let is_voter = voters.iter().any(|(id, _)| *id == node.raft_id);
+    let mut probe = QuorumProbe {
+        at: Instant::now(),
+        reached: usize::from(is_voter),
+        voters: voters.len(),
+    };
+    let mut pings: futures::stream::FuturesUnordered<_> = voters
+        .iter()
+        .filter(|(id, _)| *id != node.raft_id)
+        .map(|(_, member)| responds_to_ping(node, member))
+        .collect();
+    // Stops at a majority, so a dead voter's ping timeout delays nothing.
+    while probe.reached < probe.required() {
+        let Some(responded) = pings.next().await else {
+            break;
+        };
+        probe.reached += usize::from(responded);
+    }
+    probe.at = Instant::now();
+    *last = Some(probe);
+    probe
+}
+
+async fn responds_to_ping(node: &Node, member: &Member) -> bool {
+    let pinged = async {
+        let client = rpc_client(node, member).await.ok()?;
+        client
+            .ping(context_with_timeout(QUORUM_PROBE_TIMEOUT))
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(QUORUM_PROBE_TIMEOUT, pinged).await,
+        Ok(Some(_))
+    )
 }
 
 /// Waits until this node has applied the entry at `log_index`, so a read

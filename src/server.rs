@@ -132,12 +132,35 @@ impl NodeRpc for RpcServer {
         }
     }
 
+    /// Hands the request to Raft in a task of its own, so that it is
+    /// handled and the leader contact recorded even when the caller gives
+    /// up first and tarpc drops this call.
     async fn raft_append(
         self,
         _: Context,
         request: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>> {
-        self.node.raft.append_entries(request).await
+        let node = self.node.clone();
+        let handled = tokio::spawn(async move {
+            let response = node.raft.append_entries(request).await;
+            // Every response but HigherVote accepts the sender as the leader
+            // of the current term.
+            let from_leader = match &response {
+                Ok(AppendEntriesResponse::HigherVote(_)) | Err(_) => false,
+                Ok(_) => true,
+            };
+            if from_leader {
+                node.leader_contact.record();
+            }
+            response
+        });
+        match handled.await {
+            Ok(response) => response,
+            Err(join_error) if join_error.is_panic() => {
+                Err(RaftError::Fatal(openraft::error::Fatal::Panicked))
+            }
+            Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+        }
     }
 
     async fn raft_vote(

@@ -97,6 +97,9 @@ openraft::declare_raft_types!(
 
 pub type DispotifyRaft = Raft<TypeConfig>;
 
+/// The Raft metrics of a Dispotify node.
+pub type Metrics = openraft::RaftMetrics<RaftId, Member>;
+
 /// Derives the Raft node id from a string node id.
 pub fn raft_id_of(name: &str) -> RaftId {
     let digest = Sha256::digest(name.as_bytes());
@@ -124,7 +127,8 @@ impl Default for RaftSettings {
     ///
     /// - a leader sends heartbeats on a tick of 1.5 heartbeat intervals
     ///   (150 ms), and each AppendEntries call, heartbeats included, times
-    ///   out after one heartbeat interval;
+    ///   out at the leader after one heartbeat interval, though the follower
+    ///   still handles a late one;
     /// - a follower that has heard from a leader waits the leader lease,
     ///   which is `election_timeout_max`, plus its own election timeout, so
     ///   it starts an election after 1.8 to 2.4 s of silence, twelve
@@ -132,12 +136,16 @@ impl Default for RaftSettings {
     /// - each node draws its election timeout from the range once, at
     ///   start.
     ///
-    /// On a 2-core machine whose load average was often above 10, shorter
-    /// timeouts gave elections without any fault. With 50 ms and 100 to 150
-    /// ms there were 91 term increments in 5 minutes of client load, and
-    /// with 100 ms and 300 to 500 ms there were 83. With these defaults a
-    /// failover took 2 to 4 s on that machine. docs/benchmarks.md has the runs and what would allow
-    /// shorter timeouts.
+    /// Shorter timeouts gave elections without any fault on a 2-core
+    /// machine under client load (`loaded_cluster_holds_no_election` in
+    /// `tests/fault`), even with followers handling late heartbeats. With
+    /// 50 ms and 100 to 150 ms there were 10 term increments in 2 minutes
+    /// at a load average of 8 to 10. With 100 ms and 300 to 500 ms there
+    /// were 2 in 5 minutes at a load average of 1 to 7. With these
+    /// defaults there were none in 2 minutes at a load average of 5 to 9,
+    /// and a failover to the first committed write took 2.9 s at the
+    /// median and 3.6 s at p99 over 20 leader losses. docs/benchmarks.md
+    /// has the runs and what would allow shorter timeouts.
     ///
     /// A snapshot every 5,000 entries keeps restarts short; 1,000 entries
     /// kept after it cover a follower that was down for a few minutes of
