@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod pause;
 pub mod placement;
 pub mod replication;
 pub mod rpc;

@@ -13,7 +13,7 @@ use super::AppState;
 use crate::blob::StagedBlob;
 use crate::model::{Command, Track};
 use crate::tags::{self, TagError};
-use crate::{node, replication};
+use crate::{node, pause, replication};
 
 /// Bytes of multipart framing (boundaries and part headers) allowed on top
 /// of the upload size limit when judging a request by its Content-Length.
@@ -208,7 +208,19 @@ async fn finish(
     let span =
         tracing::info_span!("upload", file_id = %track.file_id, size_bytes = track.size_bytes);
     let receipt = async {
-        track.replicas = replication::store_with_quorum(node.clone(), staged).await?;
+        // A node cut off from the quorum could not commit the track, so it
+        // rejects the upload before it copies the file to any replica, or as
+        // soon as it is cut off during the copy. The copy then goes on in its
+        // task, and its blobs are discarded when it fails or deleted as
+        // orphans by reconciliation.
+        node::check_quorum(node).await?;
+        let store =
+            tokio::spawn(replication::store_with_quorum(node.clone(), staged).in_current_span());
+        track.replicas = tokio::select! {
+            stored = store => stored.map_err(|e| internal("store replicas", e))??,
+            error = node::quorum_lost(node) => return Err(error),
+        };
+        pause::pause_point(pause::UPLOAD_BEFORE_COMMIT, &node.config.data_dir).await;
         let command = Command::AddTrack {
             track: track.clone(),
             manifest,
@@ -220,6 +232,7 @@ async fn finish(
     }
     .instrument(span)
     .await?;
+    pause::pause_point(pause::UPLOAD_BEFORE_REPLY, &node.config.data_dir).await;
 
     let stored = node
         .catalog

@@ -1,6 +1,8 @@
 //! End-to-end tests of a cluster of real node processes over real QUIC with
 //! real certificates, on loopback.
 
+mod crash_windows;
+mod failover;
 mod healing;
 mod support;
 

@@ -86,6 +86,9 @@ pub struct TestNode {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// Extra environment variables of the process, applied at its next
+    /// start.
+    pub env: Vec<(String, String)>,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -110,6 +113,7 @@ impl TestNode {
                 "DISPOTIFY_LOG",
                 "info,dispotify=debug,openraft=warn,tarpc=warn",
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -220,6 +224,7 @@ impl Cluster {
                 http,
                 data_dir,
                 log_path,
+                env: Vec::new(),
                 args,
                 child: None,
             };
