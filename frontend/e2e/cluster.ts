@@ -10,7 +10,9 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const REPO = resolve(fileURLToPath(new URL("../..", import.meta.url)));
-export const NODE_BINARY = join(REPO, "target/debug/dispotify");
+/** Cargo's target directory, where `.ci/web` builds the node binary. */
+export const TARGET_DIR = resolve(REPO, process.env.CARGO_TARGET_DIR ?? "target");
+export const NODE_BINARY = join(TARGET_DIR, "debug/dispotify");
 
 /** Distance between a node's HTTP and QUIC ports in `dispotify dev`. */
 const QUIC_PORT_OFFSET = 100;
