@@ -274,3 +274,116 @@ async fn cut_off_node_refuses_writes_at_once() -> Result<()> {
     }
     Ok(())
 }
+
+/// Time to live of the lock held by the stopped leader. Shorter than the
+/// time the leader stays stopped, so the lock expires while it is stopped.
+const PAUSED_HOLDER_TTL: Duration = Duration::from_secs(2);
+
+/// How long the lock holder stays stopped: past its lock's time to live
+/// and past an election.
+const HOLDER_PAUSE: Duration = Duration::from_secs(6);
+
+/// Sends one lock request with an owner and a time to live through node
+/// `index`; returns the status and the body.
+async fn lock_request(
+    cluster: &Cluster,
+    index: usize,
+    owner: &str,
+    ttl: Duration,
+) -> Result<(u16, Value)> {
+    let body = json!({ "name": "nightly-job", "owner": owner, "ttl_ms": ttl.as_millis() as u64 });
+    let response = cluster
+        .http
+        .post(cluster.nodes[index].url("/cluster/locks"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_lock_holder_loses_its_lock() -> Result<()> {
+    let _one_cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let holder = cluster.leader_index().await?;
+    let other = (holder + 1) % cluster.nodes.len();
+
+    phase("the leader's worker takes a short lock, then the leader is stopped");
+    let (status, granted) = lock_request(&cluster, holder, "worker-a", PAUSED_HOLDER_TTL).await?;
+    ensure!(status == 200, "first acquire: {status} {granted}");
+    let granted_at = Instant::now();
+    let first_token = granted["token"].as_u64().context("token")?;
+    signal(&cluster.nodes[holder], "STOP")?;
+
+    phase("another worker gets the lock once it expired, with a larger token");
+    let second = loop {
+        ensure!(
+            granted_at.elapsed() < HOLDER_PAUSE,
+            "no grant to the second worker while the holder was stopped"
+        );
+        let (status, body) =
+            lock_request(&cluster, other, "worker-b", Duration::from_secs(60)).await?;
+        if status == 200 {
+            break body;
+        }
+        ensure!(
+            [409, 503].contains(&status),
+            "acquire during the pause: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(
+        granted_at.elapsed() >= PAUSED_HOLDER_TTL,
+        "granted {:?} after the first grant, before its time to live ran out",
+        granted_at.elapsed()
+    );
+    let second_token = second["token"].as_u64().context("token")?;
+    ensure!(
+        second_token > first_token,
+        "token {second_token} is not larger than {first_token}"
+    );
+
+    phase("the resumed holder cannot release the lock with its stale token");
+    tokio::time::sleep(HOLDER_PAUSE.saturating_sub(granted_at.elapsed())).await;
+    signal(&cluster.nodes[holder], "CONT")?;
+    cluster.wait_ready(holder).await?;
+    let url = format!(
+        "{}/nightly-job?owner=worker-a&token={first_token}",
+        cluster.nodes[holder].url("/cluster/locks")
+    );
+    // Right after SIGCONT the old leader may still take itself for the
+    // leader of its old term and answer 503 no_quorum, until the new
+    // leader's first heartbeat reaches it; a client retries.
+    let retry_until = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let response = cluster.http.delete(&url).send().await?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status != 503 || Instant::now() > retry_until {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(status == 409, "stale release: {status} {body}");
+    ensure!(body["error"]["code"] == "lock_not_held", "{body}");
+
+    phase("every node lists the second worker's lock");
+    for index in 0..cluster.nodes.len() {
+        let url = cluster.nodes[index].url("/cluster/locks");
+        let http = cluster.http.clone();
+        wait_until("lock listed", Duration::from_secs(10), || {
+            let (url, http) = (url.clone(), http.clone());
+            async move {
+                let Ok(response) = http.get(url).send().await else {
+                    return false;
+                };
+                let list: Value = response.json().await.unwrap_or(Value::Null);
+                list["locks"][0]["owner"] == "worker-b"
+                    && list["locks"][0]["token"].as_u64() == Some(second_token)
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
