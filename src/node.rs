@@ -76,6 +76,9 @@ pub struct Node {
     pub leader_contact: LeaderContact,
     /// The last quorum check's result, reused for a short while.
     pub quorum_probe: tokio::sync::Mutex<Option<QuorumProbe>>,
+    /// When a follower last asked its leader whether a majority
+    /// acknowledges it, and the leader's silence from the majority then.
+    pub leader_quorum_probe: tokio::sync::Mutex<Option<(Instant, Option<Duration>)>>,
     pub shutdown: CancellationToken,
     /// Flag set when this node serves incoming RPCs. A node that started
     /// with an empty data directory and no `--bootstrap` serves none until
@@ -274,6 +277,7 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         metrics: crate::metrics::Metrics::new(),
         leader_contact: LeaderContact::new(),
         quorum_probe: tokio::sync::Mutex::new(None),
+        leader_quorum_probe: tokio::sync::Mutex::new(None),
         shutdown: CancellationToken::new(),
         admitted: std::sync::atomic::AtomicBool::new(!fresh || bootstrap),
         refusal: std::sync::Mutex::new(None),
@@ -693,8 +697,12 @@ impl QuorumProbe {
 ///   majority of the voters, itself included, respond to a ping within
 ///   [`QUORUM_PROBE_TIMEOUT`].
 ///
-/// A follower that hears from its leader, or that reaches a majority while
-/// a new leader is elected, passes: the write can then commit.
+/// - on a follower that hears from its leader, when the leader reports
+///   that it has heard from no majority for that long (see
+///   [`check_leader_quorum`]).
+///
+/// A follower whose leader has a majority, or that reaches a majority
+/// while a new leader is elected, passes: the write can then commit.
 pub async fn check_quorum(node: &Node) -> Result<(), ApiError> {
     let metrics = node.raft.metrics().borrow().clone();
     if metrics.state == ServerState::Leader {
@@ -707,7 +715,7 @@ pub async fn check_quorum(node: &Node) -> Result<(), ApiError> {
     }
     let silence = node.leader_contact.elapsed();
     if silence <= node.config.raft.election_timeout_max {
-        return Ok(());
+        return check_leader_quorum(node).await;
     }
 
     let probe = probe_voters(node, &metrics).await;
@@ -731,6 +739,53 @@ pub async fn check_quorum(node: &Node) -> Result<(), ApiError> {
             probe.required()
         ),
     })
+}
+
+/// Asks the leader this node hears from how long it has heard from no
+/// majority, and fails when that is past the leader's own limit: a leader
+/// on the minority side of a partition keeps sending heartbeats to the
+/// followers on its side. A leader that does not respond passes, and the
+/// write's forward then finds out. The answer is reused for
+/// [`QUORUM_PROBE_REUSE`].
+async fn check_leader_quorum(node: &Node) -> Result<(), ApiError> {
+    let Some((_, leader)) = leader(node) else {
+        return Ok(());
+    };
+    let mut last = node.leader_quorum_probe.lock().await;
+    let silence = match *last {
+        Some((at, silence)) if at.elapsed() < QUORUM_PROBE_REUSE => silence,
+        _ => {
+            let silence = match rpc_client(node, &leader).await {
+                Ok(client) => client
+                    .ping(context_with_timeout(QUORUM_PROBE_TIMEOUT))
+                    .await
+                    .ok()
+                    .and_then(|reply| reply.quorum_ack_age_ms)
+                    .map(Duration::from_millis),
+                Err(_) => None,
+            };
+            *last = Some((Instant::now(), silence));
+            silence
+        }
+    };
+    match silence {
+        Some(silence) if silence > quorum_silence_limit(node) => {
+            tracing::warn!(
+                node_id = %node.config.id,
+                peer = %leader.name,
+                silent_ms = silence.as_millis() as u64,
+                "write rejected: the leader hears from no majority"
+            );
+            Err(ApiError::NoQuorum {
+                detail: format!(
+                    "leader {} has not heard from a majority of the members for {} ms",
+                    leader.name,
+                    silence.as_millis()
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Returns the error of [`check_quorum`] once this node can no longer

@@ -26,6 +26,10 @@ pub struct PingReply {
     pub scrub: crate::replication::ScrubProgress,
     /// The repair scheduler's status, when this node is the leader.
     pub repair: Option<crate::replication::RepairStatus>,
+    /// Milliseconds since a majority last acknowledged this node, when it
+    /// is the leader. A follower that still hears a leader cut off from the
+    /// majority learns from it that writes cannot commit.
+    pub quorum_ack_age_ms: Option<u64>,
 }
 
 /// The outcome of a committed and applied write.

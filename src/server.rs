@@ -129,6 +129,9 @@ impl NodeRpc for RpcServer {
             ready: node::is_ready(&self.node),
             scrub: self.node.upkeep.scrub(),
             repair: node::is_leader(&self.node).then(|| self.node.upkeep.repair()),
+            quorum_ack_age_ms: (metrics.state == openraft::ServerState::Leader)
+                .then_some(metrics.millis_since_quorum_ack)
+                .flatten(),
         }
     }
 
