@@ -28,7 +28,8 @@
 //! Multi-valued fields (several artists or genres) keep their first value as
 //! lofty splits them: ID3v2.4 and Vorbis comment values are separate items,
 //! while an ID3v2.3 `TPE1` with `/` inside stays one value, because `/` is
-//! also part of real names such as "AC/DC".
+//! also part of real names such as "AC/DC". Names repeated in such a value
+//! are dropped.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -345,6 +346,24 @@ fn audio_format(file_type: FileType) -> Option<AudioFormat> {
     })
 }
 
+/// Drops the repeats from a `/`-separated list of names, as some taggers
+/// write an ID3v2.3 `TPE1` ("A/B/C/B" becomes "A/B/C"). A value without a
+/// repeated name stays as it is, so "AC/DC" is untouched.
+fn without_repeated_names(value: String) -> String {
+    let names: Vec<&str> = value.split('/').collect();
+    let mut unique: Vec<&str> = Vec::with_capacity(names.len());
+    for name in &names {
+        if !unique.contains(name) {
+            unique.push(name);
+        }
+    }
+    if unique.len() == names.len() {
+        value
+    } else {
+        unique.join("/")
+    }
+}
+
 /// Orders the file's tags by precedence: primary tag first, ID3v1 last.
 fn tags_by_precedence(tagged: &TaggedFile) -> Vec<&Tag> {
     let primary = tagged.primary_tag_type();
@@ -369,9 +388,10 @@ fn merged_tags(tagged: &TaggedFile) -> TrackTags {
 
     TrackTags {
         title: text(|tag| tag.title()),
-        artist: text(|tag| tag.artist()),
+        artist: text(|tag| tag.artist()).map(without_repeated_names),
         album: text(|tag| tag.album()),
-        album_artist: text(|tag| tag.get_string(&ItemKey::AlbumArtist).map(Cow::Borrowed)),
+        album_artist: text(|tag| tag.get_string(&ItemKey::AlbumArtist).map(Cow::Borrowed))
+            .map(without_repeated_names),
         track_number: number(|tag| position_of(tag, &ItemKey::TrackNumber, &[]).0),
         track_total: number(track_total),
         disc_number: number(|tag| position_of(tag, &ItemKey::DiscNumber, DISC_NUMBER_KEYS).0),

@@ -966,7 +966,7 @@ fn tags_without_audio_frames_are_kept() {
     assert_eq!(info.tags.title.as_deref(), Some("Suite II Overture"));
     assert_eq!(
         info.tags.artist.as_deref(),
-        Some("Janelle Monáe/Roman Gianarthur/Nate Wonder/Roman Gianarthur")
+        Some("Janelle Monáe/Roman Gianarthur/Nate Wonder")
     );
     assert_eq!(info.tags.album.as_deref(), Some("The Archandroid"));
     assert_eq!(info.tags.genre.as_deref(), Some("Rock"));
@@ -992,4 +992,22 @@ fn errors_cross_threads() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<TagError>();
     assert_send_sync::<AudioInfo>();
+}
+
+#[test]
+fn repeated_names_dropped_from_list() {
+    let cases = [
+        ("A/B/C/B", "A/B/C"),
+        ("A/A", "A"),
+        ("AC/DC", "AC/DC"),
+        ("Björk", "Björk"),
+        ("A/B/C", "A/B/C"),
+    ];
+    for (stored, expected) in cases {
+        assert_eq!(
+            without_repeated_names(stored.to_string()),
+            expected,
+            "{stored}"
+        );
+    }
 }
