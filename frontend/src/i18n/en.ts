@@ -164,7 +164,7 @@ export const en = {
   "error.not_ready": "This node is still joining the cluster; try again in a few seconds.",
   "error.route_not_found": "This node does not know that request; is it running an older version?",
   "error.internal_error": "The node failed unexpectedly; its log has the details.",
-  "error.network_error": "The node could not be reached.",
+  "error.network_error": "The node could not be reached. If it stays down, open the app from another node's address.",
   "error.unexpected_response": "The node sent an unexpected response.",
 } as const;
 

@@ -164,6 +164,6 @@ export const es: Record<MessageKey, string> = {
   "error.not_ready": "Este nodo aún se está uniendo al clúster; inténtalo en unos segundos.",
   "error.route_not_found": "Este nodo no conoce esa petición; ¿tiene una versión anterior?",
   "error.internal_error": "El nodo falló de forma inesperada; su registro tiene los detalles.",
-  "error.network_error": "No se pudo contactar con el nodo.",
+  "error.network_error": "No se pudo contactar con el nodo. Si sigue caído, abre la aplicación desde la dirección de otro nodo.",
   "error.unexpected_response": "El nodo envió una respuesta inesperada.",
 };
