@@ -210,7 +210,13 @@ export function formatDuration(ms: number | null | undefined): string {
   return hours > 0 ? `${hours}:${String(minutes).padStart(2, "0")}:${seconds}` : `${minutes}:${seconds}`;
 }
 
-export function formatBytes(bytes: number): string {
+/** A number formatter for one language; the i18n context provides it. */
+export type NumberFormatter = (value: number, options?: Intl.NumberFormatOptions) => string;
+
+const englishNumber: NumberFormatter = (value, options) => new Intl.NumberFormat("en", options).format(value);
+
+/** Formats a size in binary units, with one decimal above bytes, in the formatter's language. */
+export function formatBytes(bytes: number, formatNumber: NumberFormatter = englishNumber): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let value = bytes;
   let unit = 0;
@@ -218,5 +224,7 @@ export function formatBytes(bytes: number): string {
     value /= 1024;
     unit++;
   }
-  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
+  const digits = unit === 0 ? 0 : 1;
+  const number = formatNumber(value, { minimumFractionDigits: digits, maximumFractionDigits: digits, useGrouping: false });
+  return `${number} ${units[unit]}`;
 }

@@ -106,13 +106,13 @@ export function TrackList({ tracks, query, numbered, label }: TrackListProps) {
 
 /** The stored file of a track and the health of each of its copies. */
 function TrackDetails({ track }: { track: Track }) {
-  const { t, describeError } = useI18n();
+  const { t, describeError, formatNumber } = useI18n();
   const { data, error } = useRequest<Track>(track.file_id, (signal) => api.track(track.file_id, signal));
   const shown = data ?? track;
   return (
     <div className="track-details" data-testid="track-details">
       <p>
-        {t("tracks.fileName")}: {shown.file_name} · {t("tracks.format", { format: shown.format, size: formatBytes(shown.size_bytes) })}
+        {t("tracks.fileName")}: {shown.file_name} · {t("tracks.format", { format: shown.format, size: formatBytes(shown.size_bytes, formatNumber) })}
       </p>
       {error ? <p className="error">{describeError(error)}</p> : null}
       {shown.replica_health ? (

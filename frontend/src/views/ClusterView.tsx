@@ -95,7 +95,7 @@ function ClusterDetails({ status }: { status: ClusterStatus }) {
                 </td>
                 <td>{member.voter ? t("cluster.voter") : t("cluster.learner")}</td>
                 <td>{member.http_addr}</td>
-                <td>{member.rtt_ms === null ? "–" : `${member.rtt_ms.toFixed(1)} ms`}</td>
+                <td>{member.rtt_ms === null ? "–" : `${formatNumber(member.rtt_ms, { minimumFractionDigits: 1, maximumFractionDigits: 1 })} ms`}</td>
               </tr>
             ))}
           </tbody>
@@ -107,7 +107,7 @@ function ClusterDetails({ status }: { status: ClusterStatus }) {
           <svg viewBox="0 0 200 200" role="img" aria-labelledby="ring-caption" width="220" height="220">
             {ringArcs(status.ring).map((arc) => (
               <path key={arc.nodeId} d={arc.path} fill={colourOf(arc.nodeId)} fillRule="evenodd" stroke="var(--bg)" strokeWidth="1">
-                <title>{`${arc.nodeId}: ${(arc.share * 100).toFixed(1)} %`}</title>
+                <title>{`${arc.nodeId}: ${formatNumber(arc.share * 100, { maximumFractionDigits: 1 })} %`}</title>
               </path>
             ))}
           </svg>
@@ -153,7 +153,7 @@ function RepairPanel({ repair }: { repair: RepairStatus }) {
       <h2>{t("cluster.repair")}</h2>
       <p>
         {t("cluster.repairQueue", { count: formatNumber(repair.queue_length) })} ·{" "}
-        {t("cluster.bytesMoved", { bytes: formatBytes(repair.bytes_moved_total) })}
+        {t("cluster.bytesMoved", { bytes: formatBytes(repair.bytes_moved_total, formatNumber) })}
       </p>
       {repair.under_replicated !== undefined && (
         <p>
@@ -170,7 +170,7 @@ function RepairPanel({ repair }: { repair: RepairStatus }) {
 }
 
 function Transfers({ active }: { active: RepairStatus["active"] }) {
-  const { t } = useI18n();
+  const { t, formatNumber } = useI18n();
   if (active.length === 0) return null;
   return (
     <ul>
@@ -178,7 +178,7 @@ function Transfers({ active }: { active: RepairStatus["active"] }) {
         <li key={`${transfer.file_id}-${transfer.to}`}>
           <label>
             {t("cluster.transfer", { file: transfer.file_id.slice(0, 12), from: transfer.from, to: transfer.to })}{" "}
-            {formatBytes(transfer.bytes_total)}
+            {formatBytes(transfer.bytes_total, formatNumber)}
             {transfer.bytes_done !== undefined && (
               <progress max={transfer.bytes_total || 1} value={transfer.bytes_done} />
             )}
@@ -198,7 +198,7 @@ function MemberWork({ member }: { member: Member }) {
       {member.repair && (
         <p>
           {t("cluster.repairQueue", { count: formatNumber(member.repair.queue_length) })} ·{" "}
-          {t("cluster.bytesMoved", { bytes: formatBytes(member.repair.bytes_moved_total) })}
+          {t("cluster.bytesMoved", { bytes: formatBytes(member.repair.bytes_moved_total, formatNumber) })}
         </p>
       )}
       {member.repair && <Transfers active={member.repair.active} />}

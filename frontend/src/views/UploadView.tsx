@@ -117,7 +117,7 @@ export function UploadView() {
               <li key={`${item.path}-${index}`} className="upload-item" data-status={item.outcome?.kind ?? "pending"}>
                 <div className="upload-line">
                   <span className="upload-path">{item.path}</span>
-                  <span className="muted">{formatBytes(item.sizeBytes)}</span>
+                  <span className="muted">{formatBytes(item.sizeBytes, formatNumber)}</span>
                   <span className={`badge outcome-${item.outcome?.kind ?? "pending"}`}>
                     {item.outcome ? t(`upload.outcome.${item.outcome.kind}`) : t("upload.outcome.pending")}
                   </span>
