@@ -175,7 +175,12 @@ export class TestCluster {
  * title and artist tags: long enough to seek in and to kill a node while
  * it plays.
  */
-export function toneWav(seconds: number, title: string, artist: string): Buffer {
+export function toneWav(
+  seconds: number,
+  title: string,
+  artist: string,
+  album?: { name: string; track: number },
+): Buffer {
   const sampleRate = 44_100;
   const channels = 2;
   const frames = seconds * sampleRate;
@@ -193,7 +198,9 @@ export function toneWav(seconds: number, title: string, artist: string): Buffer 
     header.writeUInt32LE(value.length, 4);
     return Buffer.concat([header, padded]);
   };
-  const info = Buffer.concat([Buffer.from("INFO"), infoEntry("INAM", title), infoEntry("IART", artist)]);
+  const entries = [infoEntry("INAM", title), infoEntry("IART", artist)];
+  if (album) entries.push(infoEntry("IPRD", album.name), infoEntry("IPRT", String(album.track)));
+  const info = Buffer.concat([Buffer.from("INFO"), ...entries]);
   const list = Buffer.alloc(8);
   list.write("LIST", 0, "ascii");
   list.writeUInt32LE(info.length, 4);
