@@ -81,22 +81,6 @@ fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
 }
 
-/// Highest term any running node reports.
-async fn max_term(cluster: &Cluster) -> Option<u64> {
-    let mut max = None;
-    for index in 0..cluster.nodes.len() {
-        if cluster.nodes[index].pid().is_none() {
-            continue;
-        }
-        if let Ok(status) = cluster.status(index).await {
-            if let Some(term) = status["term"].as_u64() {
-                max = Some(max.map_or(term, |m: u64| m.max(term)));
-            }
-        }
-    }
-    max
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_write_reaches_next_leader() -> Result<()> {
     let _one_cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
@@ -146,7 +130,7 @@ async fn restarted_follower_causes_no_election() -> Result<()> {
     let mut cluster = Cluster::start(ClusterOptions::default()).await?;
     let leader = cluster.leader_index().await?;
     let follower = (leader + 1) % cluster.nodes.len();
-    let term = max_term(&cluster).await;
+    let term = cluster.max_term().await;
     ensure!(term.is_some(), "no node reports a term");
 
     phase("SIGKILL a follower and restart it after 1 s on the same address");
@@ -158,7 +142,7 @@ async fn restarted_follower_causes_no_election() -> Result<()> {
     phase("the term must not change");
     let watched = Instant::now();
     while watched.elapsed() < TERM_WATCH {
-        let now = max_term(&cluster).await;
+        let now = cluster.max_term().await;
         ensure!(
             now == term,
             "term went from {term:?} to {now:?} {:.1} s after the follower was ready again\n\

@@ -302,6 +302,22 @@ impl Cluster {
         bail!("no live node reports a leader")
     }
 
+    /// Returns the highest term any running node reports.
+    pub async fn max_term(&self) -> Option<u64> {
+        let mut max = None;
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].pid().is_none() {
+                continue;
+            }
+            if let Ok(status) = self.status(index).await {
+                if let Some(term) = status["term"].as_u64() {
+                    max = Some(max.map_or(term, |m: u64| m.max(term)));
+                }
+            }
+        }
+        max
+    }
+
     /// Uploads `path` through node `index`; returns the status and JSON body.
     pub async fn upload(&self, index: usize, path: &Path) -> Result<(u16, Value)> {
         let bytes = std::fs::read(path)?;

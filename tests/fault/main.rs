@@ -138,22 +138,6 @@ fn options_from_env() -> Result<support::ClusterOptions> {
     })
 }
 
-/// Highest term any running node of `cluster` reports.
-async fn max_term(cluster: &support::Cluster) -> Option<u64> {
-    let mut max = None;
-    for index in 0..cluster.nodes.len() {
-        if cluster.nodes[index].pid().is_none() {
-            continue;
-        }
-        if let Ok(status) = cluster.status(index).await {
-            if let Some(term) = status["term"].as_u64() {
-                max = Some(max.map_or(term, |m: u64| m.max(term)));
-            }
-        }
-    }
-    max
-}
-
 /// A follower that restarts has missed nothing a heartbeat cannot bring,
 /// so it must rejoin without an election.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +147,7 @@ async fn restarted_follower_rejoins_without_election() -> Result<()> {
     let mut cluster = support::Cluster::start(options_from_env()?).await?;
     let leader = cluster.leader_index().await?;
     let follower = (leader + 1) % cluster.nodes.len();
-    let term = max_term(&cluster).await;
+    let term = cluster.max_term().await;
 
     support::phase(&format!(
         "SIGKILL follower {}, restart it after 1 s",
@@ -177,7 +161,7 @@ async fn restarted_follower_rejoins_without_election() -> Result<()> {
     support::phase("watch the term for 15 s");
     let watched = Instant::now();
     while watched.elapsed() < Duration::from_secs(15) {
-        let now = max_term(&cluster).await;
+        let now = cluster.max_term().await;
         anyhow::ensure!(
             now == term,
             "term went from {term:?} to {now:?} {:.1} s after the follower was ready again; \
