@@ -741,12 +741,12 @@ pub async fn check_quorum(node: &Node) -> Result<(), ApiError> {
     })
 }
 
-/// Asks the leader this node hears from how long it has heard from no
-/// majority, and fails when that is past the leader's own limit: a leader
-/// on the minority side of a partition keeps sending heartbeats to the
-/// followers on its side. A leader that does not respond passes, and the
-/// write's forward then finds out. The answer is reused for
-/// [`QUORUM_PROBE_REUSE`].
+/// Fails when the leader this node hears from reports no majority
+/// acknowledgement for longer than the leader's own limit. A leader on the
+/// minority side of a partition keeps sending heartbeats to the followers
+/// on its side, so those followers cannot tell from silence alone. A leader
+/// that does not respond passes, and the write's forward then finds out.
+/// The result is reused for [`QUORUM_PROBE_REUSE`].
 async fn check_leader_quorum(node: &Node) -> Result<(), ApiError> {
     let Some((_, leader)) = leader(node) else {
         return Ok(());

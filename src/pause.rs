@@ -1,7 +1,7 @@
 //! Pause points: named places on the write path where a debug build can be
 //! made to wait, so that a test kills the process with SIGKILL inside a
-//! precise window (after the replicas stored an upload but before its
-//! commit, or after the commit but before the reply).
+//! precise window. The windows are after the replicas stored an upload but
+//! before its commit, and after the commit but before the reply.
 //!
 //! `DISPOTIFY_PAUSE_AT` lists the points to hold at, comma separated. A
 //! task that reaches a listed point logs it, creates the file

@@ -989,7 +989,7 @@ mod tests {
             .as_deref()
             .is_some_and(|name| name.starts_with("too-large"))
         {
-            // Answer before reading the body, then discard the rest of it
+            // Respond before reading the body, then discard the rest of it
             // while the response goes out. Closing at once would let the
             // client's body write fail with a broken pipe before it reads
             // the response, depending on timing.

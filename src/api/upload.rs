@@ -23,9 +23,9 @@ const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
 const MAX_FILE_NAME_BYTES: usize = 255;
 
 /// How long the rest of a rejected upload's body is read and discarded
-/// after the error has been answered. Closing the connection while the
+/// after the error response is sent. Closing the connection while the
 /// client is still sending can reset it before the client reads the
-/// answer, so it would see a broken pipe instead of the 413.
+/// response, so the client would see a broken pipe instead of the 413.
 const REJECTED_BODY_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn upload(

@@ -205,9 +205,9 @@ fn check_manifest(node: &Node, manifest: &Manifest) -> Result<(), RemoteError> {
 }
 
 /// Starts receiving `file_id` from `peer`. A copy already on this node's
-/// disk does not stop the transfer: the sender is pushing because the committed
-/// state lacks a verified copy here, and the copy on disk may be damaged,
-/// so the received blob is verified and then replaces it.
+/// disk does not stop the transfer, because the sender pushes only when the
+/// committed state lacks a verified copy here. The copy on disk may be
+/// damaged, so the received blob is verified and then replaces it.
 pub async fn begin_receive(
     node: &Node,
     peer: &str,

@@ -336,9 +336,9 @@ async fn stopped_lock_holder_loses_its_lock() -> Result<()> {
         "{}/nightly-job?owner=worker-a&token={first_token}",
         cluster.nodes[holder].url("/cluster/locks")
     );
-    // Right after SIGCONT the old leader may still take itself for the
-    // leader of its old term and answer 503 no_quorum, until the new
-    // leader's first heartbeat reaches it; a client retries.
+    // Right after SIGCONT the old leader may still act as the leader of its
+    // old term and return 503 no_quorum until the new leader's first
+    // heartbeat reaches it. A client retries.
     let retry_until = Instant::now() + Duration::from_secs(10);
     let (status, body) = loop {
         let response = cluster.http.delete(&url).send().await?;

@@ -457,8 +457,8 @@ impl Workload {
                 };
                 // A 206 must describe exactly the requested range.
                 if let (206, Some((start, end))) = (status, range) {
-                    let wanted = format!("bytes {start}-{}/{size}", end - 1);
-                    content_range_mismatch = content_range.as_deref() != Some(wanted.as_str());
+                    let expected = format!("bytes {start}-{}/{size}", end - 1);
+                    content_range_mismatch = content_range.as_deref() != Some(expected.as_str());
                 }
                 Outcome::Status { status, error_code }
             }
