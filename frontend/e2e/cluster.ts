@@ -1,7 +1,7 @@
 // A real three-node cluster for the end-to-end run: the node binary's
 // `dev` command on 127.0.0.1, with a fresh data directory and free ports.
 
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -221,4 +221,44 @@ export function toneWav(
   riff.write("RIFF", 0, "ascii");
   riff.writeUInt32LE(body.length, 4);
   return Buffer.concat([riff, body]);
+}
+
+/**
+ * Encodes a quiet tone as MP3 (LAME through ffmpeg, 44.1 kHz stereo) with
+ * ID3v2 title, artist, album and track tags. Like every MP3 it carries the
+ * encoder's delay and padding, which a gapless player has to leave out.
+ */
+export function toneMp3(
+  seconds: number,
+  title: string,
+  artist: string,
+  album: { name: string; track: number },
+  frequency: number,
+): Buffer {
+  const dir = mkdtempSync(join(tmpdir(), "dispotify-tone-"));
+  const out = join(dir, "tone.mp3");
+  try {
+    execFileSync(
+      "ffmpeg",
+      [
+        "-loglevel", "error",
+        "-f", "lavfi",
+        "-i", `sine=frequency=${frequency}:duration=${seconds}:sample_rate=44100`,
+        "-af", "volume=0.5",
+        "-ac", "2",
+        "-c:a", "libmp3lame",
+        "-b:a", "192k",
+        "-id3v2_version", "3",
+        "-metadata", `title=${title}`,
+        "-metadata", `artist=${artist}`,
+        "-metadata", `album=${album.name}`,
+        "-metadata", `track=${album.track}`,
+        out,
+      ],
+      { stdio: ["ignore", "ignore", "inherit"] },
+    );
+    return readFileSync(out);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

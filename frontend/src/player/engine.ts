@@ -1,9 +1,17 @@
 // The audio engine: two <audio> elements, one playing and one loading the
-// next track so it starts without a gap, and failover of the stream to
-// another node at the same position when the current node stops
-// responding. React components read its state through `subscribe`.
+// next track; decoded playback on an AudioContext for gapless album runs
+// (see decoded.ts); and failover of the stream to another node at the same
+// position when the current node stops responding. React components read
+// its state through `subscribe`.
 
 import { streamUrl, type Track } from "../api";
+import {
+  DecodeCache,
+  decodedPosition,
+  fitsDecoding,
+  SWITCH_FADE_SECONDS,
+  switchPlan,
+} from "./decoded";
 import { chooseStreamOrigin, type StreamNode } from "./failover";
 import {
   handoffDelayMs,
@@ -48,6 +56,24 @@ export interface PlayerState {
 
 type Listener = (state: PlayerState) => void;
 
+/** How often the position is read from the context clock in decoded playback. */
+const DECODED_TICK_MS = 250;
+
+/** One decoded track placed on the context clock. */
+interface Voice {
+  fileId: string;
+  buffer: AudioBuffer;
+  source: AudioBufferSourceNode;
+  gain: GainNode;
+  /** Context time at which the track's first sample plays (or would have). */
+  zero: number;
+  stopped: boolean;
+}
+
+function defaultAudioContext(): AudioContext | null {
+  return typeof AudioContext === "undefined" ? null : new AudioContext();
+}
+
 export class PlayerEngine {
   readonly elements: [HTMLAudioElement, HTMLAudioElement];
   private active = 0;
@@ -65,9 +91,28 @@ export class PlayerEngine {
   private handoffTimer: number | undefined;
   private failingOver = false;
   private resumeAt: number | null = null;
+  private createContext: () => AudioContext | null;
+  /**
+   * Created for the first gapless pair, after a listener's click started
+   * playback, so the browser lets it run; suspended while no decoded
+   * track plays.
+   */
+  private context: AudioContext | null = null;
+  private master: GainNode | null = null;
+  private decodes = new DecodeCache();
+  /** The current track, while it plays from its decoded copy. */
+  private voice: Voice | null = null;
+  /** The next track, scheduled to start where `voice` ends. */
+  private queued: Voice | null = null;
+  private ticker: number | undefined;
 
-  constructor(pageOrigin: string, createAudio: () => HTMLAudioElement) {
+  constructor(
+    pageOrigin: string,
+    createAudio: () => HTMLAudioElement,
+    createContext: () => AudioContext | null = defaultAudioContext,
+  ) {
     this.pageOrigin = pageOrigin;
+    this.createContext = createContext;
     this.elements = [createAudio(), createAudio()];
     this.state = {
       queue: [],
@@ -180,10 +225,22 @@ export class PlayerEngine {
 
   play(): void {
     if (this.state.index < 0) return;
+    if (this.voice) {
+      // The context's clock stood still while paused, so the next track
+      // stays scheduled right after the current one.
+      void this.context?.resume();
+      this.decodedPlaying(true);
+      return;
+    }
     this.audio.play().catch(() => this.update({ playing: false }));
   }
 
   pause(): void {
+    if (this.voice) {
+      void this.context?.suspend();
+      this.decodedPlaying(false);
+      return;
+    }
     this.audio.pause();
   }
 
@@ -193,7 +250,7 @@ export class PlayerEngine {
   }
 
   previous(): void {
-    const action = previousAction(this.state.index, this.audio.currentTime);
+    const action = previousAction(this.state.index, this.position());
     if (action.kind === "restart") this.seek(0);
     else this.load(action.index, true);
   }
@@ -201,6 +258,17 @@ export class PlayerEngine {
   seek(seconds: number): void {
     if (this.state.index < 0) return;
     this.cancelHandoff();
+    const voice = this.voice;
+    if (voice && this.context) {
+      const target = Math.min(Math.max(seconds, 0), voice.buffer.duration);
+      this.stopVoice(this.queued);
+      this.stopVoice(voice);
+      this.queued = null;
+      this.voice = this.startVoice(voice.fileId, voice.buffer, this.context.currentTime, target, false);
+      this.update({ positionSeconds: target });
+      this.scheduleQueued();
+      return;
+    }
     const duration = this.audio.duration;
     const limit = Number.isFinite(duration) ? duration : Number.MAX_VALUE;
     const target = Math.min(Math.max(seconds, 0), limit);
@@ -209,7 +277,7 @@ export class PlayerEngine {
   }
 
   seekBy(deltaSeconds: number): void {
-    this.seek(this.audio.currentTime + deltaSeconds);
+    this.seek(this.position() + deltaSeconds);
   }
 
   setVolume(volume: number): void {
@@ -217,15 +285,26 @@ export class PlayerEngine {
     for (const element of this.elements) element.volume = clamped;
     this.update({ volume: clamped, muted: clamped === 0 ? this.state.muted : false });
     for (const element of this.elements) element.muted = this.state.muted;
+    this.applyVolume();
   }
 
   toggleMute(): void {
     const muted = !this.state.muted;
     for (const element of this.elements) element.muted = muted;
     this.update({ muted });
+    this.applyVolume();
+  }
+
+  /** Seconds into the current track. */
+  private position(): number {
+    if (this.voice && this.context) {
+      return decodedPosition(this.voice.zero, this.voice.buffer.duration, this.context.currentTime);
+    }
+    return this.resumeAt ?? this.audio.currentTime;
   }
 
   private stop(): void {
+    this.stopVoices();
     this.cancelHandoff();
     this.audio.pause();
     this.audio.removeAttribute("src");
@@ -237,12 +316,34 @@ export class PlayerEngine {
 
   // --- Loading ---
 
-  /** Starts track `index`, from the prefetched element when it holds it. */
+  /**
+   * Starts track `index`: from its decoded copy when one is ready, else
+   * from the prefetched element when that holds it, else from a new source.
+   */
   private load(index: number, autoplay: boolean): void {
     const track = this.state.queue[index];
     if (!track) return;
     this.cancelHandoff();
+    this.stopVoices();
     const old = this.audio;
+    const decoded = this.decodes.buffer(track.file_id);
+    const context = autoplay ? this.context : null;
+    if (decoded && context) {
+      old.pause();
+      this.voice = this.startVoice(track.file_id, decoded, context.currentTime, 0, false);
+      this.resumeAt = null;
+      this.update({
+        index,
+        positionSeconds: 0,
+        durationSeconds: decoded.duration,
+        streamNode: this.nodeIdOf(this.origin),
+        problem: null,
+      });
+      this.play();
+      this.prefetch();
+      this.updateMediaSession();
+      return;
+    }
     const ready = this.prefetched;
     if (ready && ready.index === index && ready.fileId === track.file_id && !this.failedOrigins.has(ready.origin)) {
       // Swap: the standby element already holds this file.
@@ -273,13 +374,22 @@ export class PlayerEngine {
     this.updateMediaSession();
   }
 
-  /** Loads the next track into the standby element, per [`prefetchPlan`]. */
+  /**
+   * Loads the next track into the standby element, per [`prefetchPlan`],
+   * and the decoded copies of a gapless pair. While the next track is being
+   * decoded, the element only checks its metadata, so the file is not
+   * downloaded twice; it buffers it in full when decoding is not possible.
+   */
   private prefetch(): void {
-    const plan = prefetchPlan(this.state.queue, this.state.index);
-    if (!plan) {
+    this.prepareDecoded();
+    const found = prefetchPlan(this.state.queue, this.state.index);
+    if (!found) {
       this.clearPrefetch();
       return;
     }
+    const decodes = this.decodes.status(found.fileId);
+    const plan: PrefetchPlan =
+      found.preload === "auto" && (decodes === "pending" || decodes === "ready") ? { ...found, preload: "metadata" } : found;
     if (this.prefetched && this.prefetched.fileId === plan.fileId && this.prefetched.index === plan.index) {
       if (this.prefetched.preload !== plan.preload) {
         this.standby.preload = plan.preload;
@@ -316,6 +426,243 @@ export class PlayerEngine {
   private cancelHandoff(): void {
     window.clearTimeout(this.handoffTimer);
     this.handoffTimer = undefined;
+  }
+
+  // --- Decoded playback ---
+
+  /** The context, created on first use; null where Web Audio is missing. */
+  private audioContext(): AudioContext | null {
+    if (this.context) return this.context;
+    try {
+      this.context = this.createContext();
+    } catch {
+      this.context = null;
+    }
+    if (!this.context) {
+      // Not asked again: the elements play everything.
+      this.createContext = () => null;
+      return null;
+    }
+    this.master = this.context.createGain();
+    this.master.connect(this.context.destination);
+    this.applyVolume();
+    return this.context;
+  }
+
+  private applyVolume(): void {
+    if (this.master) this.master.gain.value = this.state.muted ? 0 : this.state.volume;
+  }
+
+  /**
+   * Requests the decoded copies of the current track and the next one when
+   * they form a gapless pair, and drops every other copy.
+   */
+  private prepareDecoded(): void {
+    const queue = this.state.queue;
+    const current = this.current;
+    const plan = prefetchPlan(queue, this.state.index);
+    const pair = current && plan?.preload === "auto" && fitsDecoding(current) && fitsDecoding(queue[plan.index]);
+    const context = pair ? this.audioContext() : this.context;
+    if (!context) return;
+    const wanted = new Set<string>();
+    if (this.voice) wanted.add(this.voice.fileId);
+    if (this.queued) wanted.add(this.queued.fileId);
+    if (pair && plan) {
+      wanted.add(current.file_id);
+      wanted.add(plan.fileId);
+    }
+    if (this.queued && (!plan || plan.preload !== "auto" || plan.fileId !== this.queued.fileId)) {
+      // The queue changed under the scheduled track.
+      wanted.delete(this.queued.fileId);
+      this.stopVoice(this.queued);
+      this.queued = null;
+    }
+    this.decodes.keepOnly(wanted);
+    for (const fileId of wanted) {
+      const track = queue.find((item) => item.file_id === fileId);
+      if (!track) continue;
+      const url = streamUrl(fileId, this.pickOrigin(track));
+      this.decodes.request(context, fileId, url, () => this.decodedArrived());
+    }
+  }
+
+  private decodedArrived(): void {
+    this.adoptDecoded();
+    this.scheduleQueued();
+    // A failed decode lets the element buffer the next track instead.
+    this.prefetch();
+  }
+
+  /**
+   * Moves the current track from its element to its decoded copy, once that
+   * is ready and the next track is its gapless successor.
+   */
+  private adoptDecoded(): void {
+    const context = this.context;
+    const track = this.current;
+    if (!context || !track || this.voice || this.failingOver || this.resumeAt !== null || !this.state.playing) return;
+    const plan = prefetchPlan(this.state.queue, this.state.index);
+    if (plan?.preload !== "auto") return;
+    const buffer = this.decodes.buffer(track.file_id);
+    if (!buffer) return;
+    if (context.state !== "running") {
+      // The next timeupdate tries again.
+      void context.resume();
+      return;
+    }
+    const audio = this.audio;
+    const move = switchPlan(audio.currentTime, audio.playbackRate, context.currentTime, buffer.duration);
+    if (!move) return;
+    this.cancelHandoff();
+    this.voice = this.startVoice(track.file_id, buffer, move.startAt, move.offset, true);
+    this.fadeOut(audio, move.startAt - context.currentTime);
+    this.startTicker();
+    this.scheduleQueued();
+  }
+
+  /** Starts the next track's decoded copy where the current one ends. */
+  private scheduleQueued(): void {
+    const context = this.context;
+    const voice = this.voice;
+    if (!context || !voice || this.queued) return;
+    const plan = prefetchPlan(this.state.queue, this.state.index);
+    if (plan?.preload !== "auto") return;
+    const buffer = this.decodes.buffer(plan.fileId);
+    if (!buffer) return;
+    const endsAt = voice.zero + voice.buffer.duration;
+    // Too late to join without a gap: the end of the voice loads it.
+    if (endsAt <= context.currentTime) return;
+    this.queued = this.startVoice(plan.fileId, buffer, endsAt, 0, false);
+  }
+
+  private startVoice(fileId: string, buffer: AudioBuffer, startAt: number, offset: number, fadeIn: boolean): Voice {
+    const context = this.context!;
+    const source = context.createBufferSource();
+    source.buffer = buffer;
+    const gain = context.createGain();
+    if (fadeIn) {
+      gain.gain.setValueAtTime(0, startAt);
+      gain.gain.linearRampToValueAtTime(1, startAt + SWITCH_FADE_SECONDS);
+    }
+    source.connect(gain);
+    gain.connect(this.master!);
+    const voice: Voice = { fileId, buffer, source, gain, zero: startAt - offset, stopped: false };
+    source.addEventListener("ended", () => this.voiceEnded(voice));
+    source.start(startAt, offset);
+    return voice;
+  }
+
+  private stopVoice(voice: Voice | null): void {
+    if (!voice || voice.stopped) return;
+    voice.stopped = true;
+    try {
+      voice.source.stop();
+    } catch {
+      // Not started yet in some browsers' eyes; disconnecting silences it.
+    }
+    voice.source.disconnect();
+    voice.gain.disconnect();
+  }
+
+  private stopVoices(): void {
+    this.stopVoice(this.queued);
+    this.stopVoice(this.voice);
+    this.queued = null;
+    this.voice = null;
+    this.stopTicker();
+    this.idleContext();
+  }
+
+  /** Stops the context's clock while no decoded track plays. */
+  private idleContext(): void {
+    if (this.context?.state === "running") void this.context.suspend();
+  }
+
+  /** The current decoded track reached its end. */
+  private voiceEnded(voice: Voice): void {
+    if (voice.stopped || voice !== this.voice) return;
+    voice.stopped = true;
+    voice.source.disconnect();
+    voice.gain.disconnect();
+    const queued = this.queued;
+    const index = this.state.index + 1;
+    if (queued && this.state.queue[index]?.file_id === queued.fileId) {
+      // The next track is already playing, sample for sample after this one.
+      this.voice = queued;
+      this.queued = null;
+      this.update({
+        index,
+        positionSeconds: this.position(),
+        durationSeconds: queued.buffer.duration,
+        problem: null,
+      });
+      this.prefetch();
+      this.updateMediaSession();
+      return;
+    }
+    this.stopVoice(queued);
+    this.queued = null;
+    this.voice = null;
+    this.stopTicker();
+    this.idleContext();
+    const next = nextIndex(this.state.queue.length, this.state.index);
+    if (next !== null) {
+      this.load(next, true);
+    } else {
+      this.update({ playing: false, positionSeconds: 0 });
+      this.stopProbing();
+      this.updateMediaSession();
+    }
+  }
+
+  private decodedPlaying(playing: boolean): void {
+    this.update({ playing, positionSeconds: this.position() });
+    if (playing) {
+      this.startTicker();
+      this.startProbing();
+    } else {
+      this.stopTicker();
+      this.stopProbing();
+    }
+    this.updateMediaSession();
+  }
+
+  /**
+   * Fades the element out over the crossfade, starting in `delaySeconds`,
+   * then pauses it, unless decoded playback ended in the meantime.
+   */
+  private fadeOut(audio: HTMLAudioElement, delaySeconds: number): void {
+    const steps = 8;
+    const stepMs = (SWITCH_FADE_SECONDS * 1000) / steps;
+    const from = audio.volume;
+    window.setTimeout(() => {
+      let step = 0;
+      const timer = window.setInterval(() => {
+        step += 1;
+        if (step < steps && this.voice) {
+          audio.volume = from * (1 - step / steps);
+          return;
+        }
+        window.clearInterval(timer);
+        // Left decoded playback meanwhile: the element may hold a new track.
+        if (this.voice) audio.pause();
+        audio.volume = this.state.volume;
+      }, stepMs);
+    }, Math.max(0, delaySeconds * 1000));
+  }
+
+  private startTicker(): void {
+    if (this.ticker !== undefined) return;
+    this.ticker = window.setInterval(() => {
+      if (!this.voice) return;
+      this.update({ positionSeconds: this.position() });
+      this.updatePositionState();
+    }, DECODED_TICK_MS);
+  }
+
+  private stopTicker(): void {
+    window.clearInterval(this.ticker);
+    this.ticker = undefined;
   }
 
   private clearPrefetch(): void {
@@ -358,6 +705,15 @@ export class PlayerEngine {
   private failover(): void {
     const track = this.current;
     if (!track || this.failingOver) return;
+    if (this.voice) {
+      // The decoded copy is in memory; only later downloads move.
+      this.failedOrigins.add(this.effectiveOrigin());
+      const origin = chooseStreamOrigin(this.nodes, this.failedOrigins, track.replicas);
+      if (origin !== null) this.origin = origin === this.pageOrigin ? "" : origin;
+      this.update({ streamNode: this.nodeIdOf(this.origin) });
+      this.prefetch();
+      return;
+    }
     this.failingOver = true;
     const position = this.resumeAt ?? this.audio.currentTime;
     const wasPlaying = this.state.playing || !this.audio.paused;
@@ -422,7 +778,8 @@ export class PlayerEngine {
   // --- Element events ---
 
   private attach(element: HTMLAudioElement, slot: number): void {
-    const isActive = () => slot === this.active;
+    // While the track plays from its decoded copy, the elements are idle.
+    const isActive = () => slot === this.active && this.voice === null;
     element.addEventListener("play", () => {
       if (!isActive()) return;
       this.update({ playing: true });
@@ -440,7 +797,10 @@ export class PlayerEngine {
       if (!isActive() || this.resumeAt !== null) return;
       this.update({ positionSeconds: element.currentTime });
       this.updatePositionState();
-      if (this.state.playing) this.scheduleHandoff();
+      if (this.state.playing) {
+        this.adoptDecoded();
+        if (this.voice === null) this.scheduleHandoff();
+      }
     });
     element.addEventListener("durationchange", () => {
       if (isActive() && Number.isFinite(element.duration)) {
@@ -467,11 +827,13 @@ export class PlayerEngine {
     });
     element.addEventListener("error", () => {
       if (!element.getAttribute("src")) return;
-      if (!isActive()) {
+      if (slot !== this.active) {
         // The prefetch failed; the track loads again when its turn comes.
         this.prefetched = null;
         return;
       }
+      // An element left behind by decoded playback may lose its node.
+      if (this.voice) return;
       const code = element.error?.code;
       if (code === MediaError.MEDIA_ERR_NETWORK || code === MediaError.MEDIA_ERR_SRC_NOT_SUPPORTED) {
         // A dead node shows up as a network error mid-stream, or as an
@@ -530,13 +892,13 @@ export class PlayerEngine {
 
   private updatePositionState(): void {
     if (!("mediaSession" in navigator)) return;
-    const duration = this.audio.duration;
+    const duration = this.voice ? this.voice.buffer.duration : this.audio.duration;
     if (!Number.isFinite(duration) || duration <= 0) return;
     try {
       navigator.mediaSession.setPositionState({
         duration,
-        position: Math.min(this.audio.currentTime, duration),
-        playbackRate: this.audio.playbackRate,
+        position: Math.min(this.position(), duration),
+        playbackRate: this.voice ? 1 : this.audio.playbackRate,
       });
     } catch {
       // A position briefly past the duration is rejected; the next update fixes it.
