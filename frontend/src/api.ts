@@ -78,9 +78,12 @@ export interface RepairStatus {
 }
 
 export interface ScrubStatus {
+  /** Passes started since the node started. */
+  pass: number;
   files_checked: number;
   files_total: number;
   errors_found: number;
+  last_pass_completed_at_ms: number | null;
 }
 
 export interface Member {

@@ -141,6 +141,8 @@ export const en = {
   "cluster.bytesMoved": "{bytes} copied so far",
   "cluster.transfer": "{file} from {from} to {to}",
   "cluster.scrub": "Scrub: {checked} of {total} files checked, {errors} errors found",
+  "cluster.scrubWaiting": "Scrub: the first pass has not started yet",
+  "cluster.scrubDone": "Scrub: the last pass checked {checked} files, finished at {time}; {errors} errors found",
 
   "error.payload_too_large": "The file is larger than this cluster accepts.",
   "error.unsupported_media_type": "This file is not audio in a supported format (mp3, flac, ogg, opus, m4a, wav, aiff, ape, wavpack).",

@@ -141,6 +141,8 @@ export const es: Record<MessageKey, string> = {
   "cluster.bytesMoved": "{bytes} copiados hasta ahora",
   "cluster.transfer": "{file} de {from} a {to}",
   "cluster.scrub": "Verificación: {checked} de {total} archivos revisados, {errors} errores encontrados",
+  "cluster.scrubWaiting": "Verificación: la primera pasada aún no ha empezado",
+  "cluster.scrubDone": "Verificación: la última pasada revisó {checked} archivos y terminó a las {time}; {errors} errores encontrados",
 
   "error.payload_too_large": "El archivo es más grande de lo que acepta este clúster.",
   "error.unsupported_media_type": "Este archivo no es audio en un formato admitido (mp3, flac, ogg, opus, m4a, wav, aiff, ape, wavpack).",

@@ -1,7 +1,8 @@
 import { useEffect, useState } from "react";
-import { api, formatBytes, type ClusterStatus, type Member, type RepairStatus } from "../api";
+import { api, formatBytes, type ClusterStatus, type Member, type RepairStatus, type ScrubStatus } from "../api";
 import { useI18n } from "../i18n";
 import { ringArcs } from "../ring";
+import { scrubPhase } from "../scrub";
 
 /** How often the cluster view refreshes, matching the nodes' health checks. */
 export const CLUSTER_POLL_MS = 2000;
@@ -202,16 +203,24 @@ function MemberWork({ member }: { member: Member }) {
         </p>
       )}
       {member.repair && <Transfers active={member.repair.active} />}
-      {member.scrub && (
-        <label>
-          {t("cluster.scrub", {
-            checked: formatNumber(member.scrub.files_checked),
-            total: formatNumber(member.scrub.files_total),
-            errors: formatNumber(member.scrub.errors_found),
-          })}
-          <progress max={member.scrub.files_total || 1} value={member.scrub.files_checked} />
-        </label>
-      )}
+      {member.scrub && <Scrub scrub={member.scrub} />}
     </article>
+  );
+}
+
+function Scrub({ scrub }: { scrub: ScrubStatus }) {
+  const { t, formatNumber, language } = useI18n();
+  const phase = scrubPhase(scrub);
+  const errors = formatNumber(scrub.errors_found);
+  if (phase.kind === "waiting") return <p>{t("cluster.scrubWaiting")}</p>;
+  if (phase.kind === "done") {
+    const time = new Date(phase.at).toLocaleTimeString(language);
+    return <p>{t("cluster.scrubDone", { checked: formatNumber(phase.checked), time, errors })}</p>;
+  }
+  return (
+    <label>
+      {t("cluster.scrub", { checked: formatNumber(phase.checked), total: formatNumber(phase.total), errors })}
+      <progress max={phase.total || 1} value={phase.checked} />
+    </label>
   );
 }
