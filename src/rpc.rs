@@ -26,6 +26,8 @@ pub struct PingReply {
     pub scrub: crate::replication::ScrubProgress,
     /// The repair scheduler's status, when this node is the leader.
     pub repair: Option<crate::replication::RepairStatus>,
+    /// Repair copies this node is sending, with the bytes sent so far.
+    pub copies_out: Vec<crate::replication::CopyProgress>,
     /// Milliseconds since a majority last acknowledged this node, when it
     /// is the leader. A follower that still hears a leader cut off from the
     /// majority learns from it that writes cannot commit.

@@ -128,7 +128,9 @@ impl NodeRpc for RpcServer {
             leader,
             ready: node::is_ready(&self.node),
             scrub: self.node.upkeep.scrub(),
-            repair: node::is_leader(&self.node).then(|| self.node.upkeep.repair()),
+            repair: node::is_leader(&self.node)
+                .then(|| self.node.upkeep.repair_with_progress(&self.node.config.id)),
+            copies_out: self.node.upkeep.copies_out(),
             quorum_ack_age_ms: (metrics.state == openraft::ServerState::Leader)
                 .then_some(metrics.millis_since_quorum_ack)
                 .flatten(),

@@ -179,7 +179,7 @@ async fn check_one(node: &Node, member: &consensus::Member) {
         Ok(Ok(reply)) => {
             let rtt = started.elapsed();
             node.upkeep
-                .record_peer(&member.name, reply.scrub, reply.repair);
+                .record_peer(&member.name, reply.scrub, reply.repair, reply.copies_out);
             node.metrics.record_peer(&member.name, Some(rtt));
             let previous = node.discovery.record_up(&member.name, rtt);
             if matches!(previous, crate::discovery::PeerHealth::Down { .. }) {

@@ -70,7 +70,8 @@ export interface RepairStatus {
     file_id: string;
     from: string;
     to: string;
-    bytes_done?: number;
+    /** Bytes the sending node has handed over; null until it reports. */
+    bytes_done: number | null;
     bytes_total: number;
   }>;
   files_repaired_total?: number;

@@ -108,7 +108,7 @@ pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
         })
         .collect();
     let repair = if node::is_leader(node) {
-        Some(node.upkeep.repair())
+        Some(node.upkeep.repair_with_progress(&node.config.id))
     } else {
         leader_id
             .as_deref()

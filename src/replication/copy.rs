@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::push::{push, ChunkSource};
 use super::scrub::{is_corruption, quarantine_and_report};
 use crate::consensus::Member;
-use crate::model::{FileId, Manifest};
+use crate::model::{FileId, Manifest, NodeId};
 use crate::node::{self, Node};
 use crate::rpc::RemoteError;
 
@@ -20,6 +20,8 @@ use crate::rpc::RemoteError;
 struct LocalChunks {
     node: Arc<Node>,
     file_id: FileId,
+    /// The receiving node, for the progress count.
+    to: NodeId,
 }
 
 impl ChunkSource for LocalChunks {
@@ -38,6 +40,7 @@ impl ChunkSource for LocalChunks {
         {
             Ok(bytes) => {
                 self.node.metrics.repair_bytes.inc_by(len);
+                self.node.upkeep.add_copied(&self.file_id, &self.to, len);
                 Ok(bytes)
             }
             Err(error) => {
@@ -74,7 +77,9 @@ pub async fn copy_to(node: &Arc<Node>, file_id: &str, target: &Member) -> Result
     let chunks = LocalChunks {
         node: node.clone(),
         file_id: file_id.to_string(),
+        to: target.name.clone(),
     };
+    let _progress = node.upkeep.start_copy_out(file_id, &target.name);
     push(node, target, file_id, &manifest, chunks)
         .await
         .map_err(failed)?;

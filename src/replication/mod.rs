@@ -34,8 +34,10 @@ pub use scrub::{
 };
 pub use throttle::Throttle;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::RepairSettings;
-use crate::model::NodeId;
+use crate::model::{FileId, NodeId};
 
 /// State of a node's upkeep work: scrub progress, the repair scheduler's
 /// status, the rate limits they share, and whether the first
@@ -50,6 +52,8 @@ pub struct Upkeep {
     /// The scrub progress and repair status each peer reported in its last
     /// health-check reply.
     peers: Mutex<HashMap<NodeId, PeerReport>>,
+    /// Repair copies this node is sending now.
+    copies_out: Mutex<Vec<CopyProgress>>,
 }
 
 /// The upkeep state one peer sent in its last health-check reply.
@@ -57,6 +61,17 @@ pub struct Upkeep {
 pub struct PeerReport {
     pub scrub: ScrubProgress,
     pub repair: Option<RepairStatus>,
+    pub copies_out: Vec<CopyProgress>,
+}
+
+/// A repair copy a node is sending, reported to its peers with each
+/// health-check reply so the leader can show how far it got.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    pub file_id: FileId,
+    pub to: NodeId,
+    /// Bytes read from the local copy and handed to the transfer.
+    pub bytes_sent: u64,
 }
 
 impl Upkeep {
@@ -68,6 +83,7 @@ impl Upkeep {
             repair: Mutex::default(),
             reconciled: AtomicBool::new(false),
             peers: Mutex::default(),
+            copies_out: Mutex::default(),
         }
     }
 
@@ -89,8 +105,72 @@ impl Upkeep {
         self.update_repair(|s| s.clone())
     }
 
-    pub fn record_peer(&self, node_id: &str, scrub: ScrubProgress, repair: Option<RepairStatus>) {
-        let report = PeerReport { scrub, repair };
+    /// The repair status with the progress of each active copy filled in:
+    /// from this node's own count when it sends the copy, else from the
+    /// sender's last health-check reply.
+    pub fn repair_with_progress(&self, own_id: &str) -> RepairStatus {
+        let mut status = self.repair();
+        for active in &mut status.active {
+            let sent = if active.from == own_id {
+                self.copies_out()
+            } else {
+                self.peer(&active.from)
+                    .map(|report| report.copies_out)
+                    .unwrap_or_default()
+            };
+            active.bytes_done = sent
+                .iter()
+                .find(|copy| copy.file_id == active.file_id && copy.to == active.to)
+                .map(|copy| copy.bytes_sent);
+        }
+        status
+    }
+
+    fn lock_copies_out(&self) -> std::sync::MutexGuard<'_, Vec<CopyProgress>> {
+        self.copies_out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn copies_out(&self) -> Vec<CopyProgress> {
+        self.lock_copies_out().clone()
+    }
+
+    /// Counts a repair copy of `file_id` to `to` as under way until the
+    /// returned guard is dropped.
+    pub fn start_copy_out<'a>(&'a self, file_id: &str, to: &str) -> CopyOutGuard<'a> {
+        self.lock_copies_out().push(CopyProgress {
+            file_id: file_id.to_string(),
+            to: to.to_string(),
+            bytes_sent: 0,
+        });
+        CopyOutGuard {
+            upkeep: self,
+            file_id: file_id.to_string(),
+            to: to.to_string(),
+        }
+    }
+
+    fn add_copied(&self, file_id: &str, to: &str, bytes: u64) {
+        if let Some(copy) = self
+            .lock_copies_out()
+            .iter_mut()
+            .find(|copy| copy.file_id == file_id && copy.to == to)
+        {
+            copy.bytes_sent += bytes;
+        }
+    }
+
+    pub fn record_peer(
+        &self,
+        node_id: &str,
+        scrub: ScrubProgress,
+        repair: Option<RepairStatus>,
+        copies_out: Vec<CopyProgress>,
+    ) {
+        let report = PeerReport {
+            scrub,
+            repair,
+            copies_out,
+        };
         self.peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -113,6 +193,24 @@ impl Upkeep {
 
     pub fn is_reconciled(&self) -> bool {
         self.reconciled.load(Ordering::Acquire)
+    }
+}
+
+/// Keeps one repair copy in [`Upkeep::copies_out`] while it runs.
+#[derive(Debug)]
+pub struct CopyOutGuard<'a> {
+    upkeep: &'a Upkeep,
+    file_id: FileId,
+    to: NodeId,
+}
+
+impl Drop for CopyOutGuard<'_> {
+    fn drop(&mut self) {
+        // Two copies of one file to one node never run at once: the
+        // repair lock of the file is held for each.
+        self.upkeep
+            .lock_copies_out()
+            .retain(|copy| !(copy.file_id == self.file_id && copy.to == self.to));
     }
 }
 
@@ -154,6 +252,50 @@ mod tests {
         assert_eq!(chunk_slice(0, 10, 10, 5, 25), (5, 10));
         assert_eq!(chunk_slice(2, 10, 10, 5, 25), (0, 6));
         assert_eq!(chunk_slice(0, 10, 10, 0, 1), (0, 2));
+    }
+
+    fn active(file_id: &str, from: &str, to: &str) -> ActiveRepair {
+        ActiveRepair {
+            file_id: file_id.into(),
+            from: from.into(),
+            to: to.into(),
+            bytes_total: 100,
+            bytes_done: None,
+            started_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn repair_progress_comes_from_the_sender() {
+        let upkeep = Upkeep::new(&RepairSettings::default());
+        upkeep.update_repair(|status| {
+            status.active = vec![
+                active("f1", "node1", "node2"),
+                active("f2", "node3", "node2"),
+                active("f3", "node3", "node4"),
+            ]
+        });
+        let guard = upkeep.start_copy_out("f1", "node2");
+        upkeep.add_copied("f1", "node2", 40);
+        // Bytes for a copy to another node count elsewhere.
+        upkeep.add_copied("f1", "node4", 7);
+        let peer_copies = vec![CopyProgress {
+            file_id: "f2".into(),
+            to: "node2".into(),
+            bytes_sent: 60,
+        }];
+        upkeep.record_peer("node3", ScrubProgress::default(), None, peer_copies);
+
+        let done = |status: &RepairStatus| -> Vec<Option<u64>> {
+            status.active.iter().map(|a| a.bytes_done).collect()
+        };
+        let status = upkeep.repair_with_progress("node1");
+        assert_eq!(done(&status), [Some(40), Some(60), None]);
+
+        drop(guard);
+        assert!(upkeep.copies_out().is_empty());
+        let status = upkeep.repair_with_progress("node1");
+        assert_eq!(done(&status), [None, Some(60), None]);
     }
 
     #[test]

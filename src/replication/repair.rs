@@ -144,6 +144,9 @@ pub struct ActiveRepair {
     pub from: NodeId,
     pub to: NodeId,
     pub bytes_total: u64,
+    /// Bytes the sender has handed over so far, from its last report;
+    /// null until it has reported.
+    pub bytes_done: Option<u64>,
     pub started_at_ms: i64,
 }
 
@@ -616,6 +619,7 @@ async fn copy(
                 from: source.clone(),
                 to: target.clone(),
                 bytes_total: set.size_bytes,
+                bytes_done: None,
                 started_at_ms,
             })
         });

@@ -1,6 +1,7 @@
 //! Self-healing with real node processes: corrupt and deleted copies,
 //! a node down past the grace period, and locks through the Raft log.
 
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,9 +41,13 @@ pub(super) fn blob_path(data_dir: &Path, file_id: &str) -> PathBuf {
 }
 
 fn fast_cluster(nodes: usize) -> ClusterOptions {
+    cluster_with(nodes, FAST_HEALING)
+}
+
+fn cluster_with(nodes: usize, config_toml: &str) -> ClusterOptions {
     ClusterOptions {
         nodes,
-        config_toml: Some(FAST_HEALING.to_string()),
+        config_toml: Some(config_toml.to_string()),
         ..Default::default()
     }
 }
@@ -258,12 +263,7 @@ async fn truncated_copy_is_quarantined_and_repaired() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn returning_node_stale_copies_are_replaced() -> Result<()> {
     phase("upload two files to a 4-node cluster with R=3");
-    let mut cluster = Cluster::start(ClusterOptions {
-        nodes: 4,
-        config_toml: Some(REPAIR_ONLY.to_string()),
-        ..Default::default()
-    })
-    .await?;
+    let mut cluster = Cluster::start(cluster_with(4, REPAIR_ONLY)).await?;
     let dir = tempfile::tempdir()?;
     let (intact_id, intact) = upload_wav(&cluster, dir.path(), 2 * 1024 * 1024, 16).await?;
     let (flipped_id, flipped) = upload_wav(&cluster, dir.path(), 2 * 1024 * 1024, 17).await?;
@@ -427,6 +427,74 @@ async fn node_down_past_grace_is_replaced_then_restored() -> Result<()> {
     ensure!(
         status == 200 && streamed == original,
         "stream after restore differs"
+    );
+    Ok(())
+}
+
+/// Repair bandwidth for the progress test: an 8 MiB copy takes 4 s.
+const SLOW_REPAIR: &str = r#"
+repair_interval = "500ms"
+repair_grace = "3s"
+repair_bytes_per_sec = 2097152
+scrub_pass_interval = "1h"
+orphan_grace = "1h"
+"#;
+
+/// While a repair copy runs, the leader's `/cluster/status` shows how many
+/// bytes its sender has handed over, from the sender's health-check replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_copy_reports_its_progress() -> Result<()> {
+    phase("upload 8 MiB to a 4-node cluster whose repairs send 2 MiB/s");
+    let mut cluster = Cluster::start(cluster_with(4, SLOW_REPAIR)).await?;
+    let dir = tempfile::tempdir()?;
+    let (file_id, _) = upload_wav(&cluster, dir.path(), 8 * 1024 * 1024, 17).await?;
+    let placed = wait_for_replicas(&cluster, &file_id, 3).await?;
+    let leader = cluster.leader_index().await?;
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| placed.contains(&n.id) && n.id != cluster.nodes[leader].id)
+        .context("no follower replica")?;
+
+    phase("SIGKILL a replica; the leader's status shows the copy's bytes grow");
+    cluster.nodes[victim].kill();
+    let seen: RefCell<Vec<u64>> = RefCell::default();
+    let total = Cell::new(0);
+    wait_ok(
+        "the copy finished after reporting progress",
+        HEAL_TIMEOUT,
+        || {
+            let (cluster, file_id, seen, total) = (&cluster, &file_id, &seen, &total);
+            async move {
+                let status = cluster.status(leader).await?;
+                let active = status["repair"]["active"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                match active.iter().find(|a| a["file_id"] == file_id.as_str()) {
+                    Some(copy) => {
+                        total.set(copy["bytes_total"].as_u64().context("bytes_total")?);
+                        if let Some(done) = copy["bytes_done"].as_u64() {
+                            seen.borrow_mut().push(done);
+                        }
+                        Ok(false)
+                    }
+                    None => Ok(!seen.borrow().is_empty()
+                        && status["repair"]["files_repaired_total"].as_u64() >= Some(1)),
+                }
+            }
+        },
+    )
+    .await?;
+    let (seen, total) = (seen.into_inner(), total.get());
+    phase(&format!("progress seen: {seen:?} of {total}"));
+    ensure!(
+        seen.windows(2).all(|pair| pair[0] <= pair[1]),
+        "progress went backwards: {seen:?}"
+    );
+    ensure!(
+        seen.iter().any(|&done| done > 0 && done < total),
+        "no report between start and end: {seen:?} of {total}"
     );
     Ok(())
 }

@@ -140,6 +140,7 @@ export const en = {
   "cluster.draining": "draining",
   "cluster.bytesMoved": "{bytes} copied so far",
   "cluster.transfer": "{file} from {from} to {to}",
+  "cluster.transferBytes": "{done} of {total}",
   "cluster.scrub": "Scrub: {checked} of {total} files checked, {errors} errors found",
   "cluster.scrubWaiting": "Scrub: the first pass has not started yet",
   "cluster.scrubDone": "Scrub: the last pass checked {checked} files, finished at {time}; {errors} errors found",

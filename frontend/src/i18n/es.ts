@@ -140,6 +140,7 @@ export const es: Record<MessageKey, string> = {
   "cluster.draining": "vaciándose",
   "cluster.bytesMoved": "{bytes} copiados hasta ahora",
   "cluster.transfer": "{file} de {from} a {to}",
+  "cluster.transferBytes": "{done} de {total}",
   "cluster.scrub": "Verificación: {checked} de {total} archivos revisados, {errors} errores encontrados",
   "cluster.scrubWaiting": "Verificación: la primera pasada aún no ha empezado",
   "cluster.scrubDone": "Verificación: la última pasada revisó {checked} archivos y terminó a las {time}; {errors} errores encontrados",

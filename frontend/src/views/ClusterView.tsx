@@ -179,10 +179,13 @@ function Transfers({ active }: { active: RepairStatus["active"] }) {
         <li key={`${transfer.file_id}-${transfer.to}`}>
           <label>
             {t("cluster.transfer", { file: transfer.file_id.slice(0, 12), from: transfer.from, to: transfer.to })}{" "}
-            {formatBytes(transfer.bytes_total, formatNumber)}
-            {transfer.bytes_done !== undefined && (
-              <progress max={transfer.bytes_total || 1} value={transfer.bytes_done} />
-            )}
+            {transfer.bytes_done === null
+              ? formatBytes(transfer.bytes_total, formatNumber)
+              : t("cluster.transferBytes", {
+                  done: formatBytes(transfer.bytes_done, formatNumber),
+                  total: formatBytes(transfer.bytes_total, formatNumber),
+                })}
+            {transfer.bytes_done !== null && <progress max={transfer.bytes_total || 1} value={transfer.bytes_done} />}
           </label>
         </li>
       ))}
