@@ -76,9 +76,9 @@ pub struct Node {
     pub leader_contact: LeaderContact,
     /// The last quorum check's result, reused for a short while.
     pub quorum_probe: tokio::sync::Mutex<Option<QuorumProbe>>,
-    /// When a follower last asked its leader whether a majority
-    /// acknowledges it, and the leader's silence from the majority then.
-    pub leader_quorum_probe: tokio::sync::Mutex<Option<(Instant, Option<Duration>)>>,
+    /// Which leader a follower last asked whether a majority acknowledges
+    /// it, when, and the leader's silence from the majority then.
+    pub leader_quorum_probe: tokio::sync::Mutex<Option<LeaderQuorumProbe>>,
     pub shutdown: CancellationToken,
     /// Flag set when this node serves incoming RPCs. A node that started
     /// with an empty data directory and no `--bootstrap` serves none until
@@ -752,19 +752,31 @@ async fn check_leader_quorum(node: &Node) -> Result<(), ApiError> {
         return Ok(());
     };
     let mut last = node.leader_quorum_probe.lock().await;
-    let silence = match *last {
-        Some((at, silence)) if at.elapsed() < QUORUM_PROBE_REUSE => silence,
+    let silence = match &*last {
+        // A new leader's acknowledgements are its own, not the last one's.
+        Some(probe) if probe.leader == leader.name && probe.at.elapsed() < QUORUM_PROBE_REUSE => {
+            probe.silence
+        }
         _ => {
-            let silence = match rpc_client(node, &leader).await {
+            let reply = match rpc_client(node, &leader).await {
                 Ok(client) => client
                     .ping(context_with_timeout(QUORUM_PROBE_TIMEOUT))
                     .await
-                    .ok()
-                    .and_then(|reply| reply.quorum_ack_age_ms)
-                    .map(Duration::from_millis),
-                Err(_) => None,
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
             };
-            *last = Some((Instant::now(), silence));
+            let silence = match reply {
+                Ok(reply) => reply.quorum_ack_age_ms.map(Duration::from_millis),
+                Err(error) => {
+                    tracing::debug!(node_id = %node.config.id, peer = %leader.name, %error, "leader did not respond to the quorum probe; the forward will find out");
+                    None
+                }
+            };
+            *last = Some(LeaderQuorumProbe {
+                leader: leader.name.clone(),
+                at: Instant::now(),
+                silence,
+            });
             silence
         }
     };
@@ -786,6 +798,16 @@ async fn check_leader_quorum(node: &Node) -> Result<(), ApiError> {
         }
         _ => Ok(()),
     }
+}
+
+/// The leader's reply to the last ping of [`check_leader_quorum`].
+#[derive(Debug)]
+pub struct LeaderQuorumProbe {
+    leader: NodeId,
+    at: Instant,
+    /// Time since a majority last acknowledged the leader, when the reply
+    /// carried it.
+    silence: Option<Duration>,
 }
 
 /// Returns the error of [`check_quorum`] once this node can no longer

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
-use support::{corpus_manifest, phase, wait_until, Cluster, ClusterOptions, CORPUS};
+use support::{corpus_manifest, count_files, phase, wait_until, Cluster, ClusterOptions, CORPUS};
 
 fn corpus_file(name: &str) -> std::path::PathBuf {
     Path::new(CORPUS).join(name)
@@ -574,23 +574,6 @@ async fn uploads_reject_bad_input_and_leave_nothing_behind() -> Result<()> {
     let body: Value = response.json().await?;
     ensure!(body["error"]["code"] == "track_not_found", "{body}");
     Ok(())
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                count_files(&path)
-            } else {
-                1
-            }
-        })
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

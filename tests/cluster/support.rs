@@ -388,3 +388,21 @@ pub fn corpus_manifest() -> Result<Vec<ManifestRow>> {
     }
     Ok(rows)
 }
+
+/// Number of files under `dir`, at any depth; 0 when it does not exist.
+pub fn count_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                count_files(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}

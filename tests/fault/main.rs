@@ -23,6 +23,7 @@ mod support;
 
 mod faults;
 mod harness;
+mod minority;
 mod proxy;
 mod report;
 mod run;
