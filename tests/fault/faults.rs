@@ -24,6 +24,9 @@ pub enum FaultKind {
     KillAllMidUpload,
     /// SIGSTOP the leader past the election timeout, then SIGCONT.
     PauseLeader,
+    /// SIGSTOP the node a lock was taken through past the lock's time to
+    /// live, then SIGCONT.
+    PauseLockHolder,
     /// Partition with the leader on the minority side.
     PartitionLeaderMinority,
     /// Partition with the leader on the majority side.
@@ -39,11 +42,12 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::KillRandom,
         FaultKind::KillLeader,
         FaultKind::KillAllMidUpload,
         FaultKind::PauseLeader,
+        FaultKind::PauseLockHolder,
         FaultKind::PartitionLeaderMinority,
         FaultKind::PartitionLeaderMajority,
         FaultKind::PartitionOneWay,
@@ -58,6 +62,7 @@ impl FaultKind {
             FaultKind::KillLeader => "kill leader",
             FaultKind::KillAllMidUpload => "kill all mid-upload",
             FaultKind::PauseLeader => "pause leader",
+            FaultKind::PauseLockHolder => "pause lock holder",
             FaultKind::PartitionLeaderMinority => "partition, leader in minority",
             FaultKind::PartitionLeaderMajority => "partition, leader in majority",
             FaultKind::PartitionOneWay => "one-way partition",

@@ -59,6 +59,13 @@ const MAX_PROBES_IN_FLIGHT: usize = 512;
 /// How long a node down or cut off stays so, drawn per fault.
 const HOLD_MIN: Duration = Duration::from_secs(2);
 const HOLD_MAX: Duration = Duration::from_secs(5);
+/// Time to live of the lock whose holder is stopped.
+const LOCK_HOLDER_TTL: Duration = Duration::from_secs(2);
+/// How long that holder stays stopped: past the time to live, and past the
+/// election timeout when it is the leader.
+const LOCK_HOLDER_PAUSE: Duration = Duration::from_secs(5);
+/// Time to live of the lock its successor takes; released at the end.
+const LOCK_SUCCESSOR_TTL: Duration = Duration::from_secs(60);
 /// Maximum time a write sent to the minority side may take to get a response.
 const MINORITY_ANSWER_BOUND: Duration = Duration::from_secs(20);
 /// Maximum time from healing until every node agrees again.
@@ -458,6 +465,7 @@ impl Run {
             }
             FaultKind::KillAllMidUpload => self.kill_all_mid_upload().await,
             FaultKind::PauseLeader => self.pause_leader().await,
+            FaultKind::PauseLockHolder => self.pause_lock_holder().await,
             FaultKind::PartitionLeaderMinority => {
                 let leader = self.leader().await?;
                 let mut followers = self.others(leader);
@@ -545,6 +553,141 @@ impl Run {
             format!("SIGSTOP leader {} for {hold:?}", self.fc.id(leader)),
             Some(failover),
         ))
+    }
+
+    /// Takes a lock through a random node and stops that node past the
+    /// lock's time to live. Another node must then grant the lock to a
+    /// second owner with a larger fencing token. The log entry of that grant
+    /// must not be older than the first grant's expiry. Once the holder runs
+    /// again, its stale token must release nothing.
+    async fn pause_lock_holder(&mut self) -> Result<(String, Option<Failover>)> {
+        let leader = self.leader().await?;
+        let holder = self.rng.gen_range(0..self.fc.len());
+        let others = self.others(holder);
+        let successor = others[self.rng.gen_range(0..others.len())];
+        let name = format!("fault-lock-{}", self.faults.len());
+        let (status, first) = self
+            .lock_request(holder, &name, "stopped-holder", LOCK_HOLDER_TTL)
+            .await?;
+        anyhow::ensure!(status == 200, "first acquire answered {status}: {first}");
+        let first_token = first["token"].as_u64().unwrap_or(0);
+        let first_expiry = first["expires_at_ms"].as_i64().unwrap_or(i64::MAX);
+
+        let injected = Instant::now();
+        self.fc.pause(holder)?;
+        let failover = if holder == leader {
+            Some(self.measure_failover(holder, others.clone()).await)
+        } else {
+            None
+        };
+        let second = loop {
+            let (status, body) = self
+                .lock_request(successor, &name, "successor", LOCK_SUCCESSOR_TTL)
+                .await?;
+            if status == 200 {
+                break body;
+            }
+            anyhow::ensure!(
+                [409, 503].contains(&status),
+                "second acquire answered {status}: {body}"
+            );
+            anyhow::ensure!(
+                injected.elapsed() < FAILOVER_BOUND,
+                "no second grant within {FAILOVER_BOUND:?}: last {status} {body}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        };
+        let second_token = second["token"].as_u64().unwrap_or(0);
+        let second_granted =
+            second["expires_at_ms"].as_i64().unwrap_or(0) - LOCK_SUCCESSOR_TTL.as_millis() as i64;
+        if second_token <= first_token {
+            self.violation(format!(
+                "lock {name}: second token {second_token} is not larger than {first_token}"
+            ));
+        }
+        if second_granted < first_expiry {
+            self.violation(format!(
+                "lock {name}: granted again at {second_granted} ms, before the first grant expired at {first_expiry} ms"
+            ));
+        }
+
+        sleep_until(injected + LOCK_HOLDER_PAUSE).await;
+        self.fc.resume(holder)?;
+        // Until the new leader's heartbeat reaches it, a resumed old leader
+        // responds with 503; a client retries.
+        let retry_until = Instant::now() + RECOVERY_BOUND;
+        let (status, body) = loop {
+            let (status, body) = self
+                .lock_release(holder, &name, "stopped-holder", first_token)
+                .await?;
+            if status != 503 || Instant::now() > retry_until {
+                break (status, body);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        };
+        if status != 409 || body["error"]["code"] != "lock_not_held" {
+            self.violation(format!(
+                "lock {name}: the stale holder's release answered {status}: {body}"
+            ));
+        }
+        let (status, body) = self
+            .lock_release(successor, &name, "successor", second_token)
+            .await?;
+        anyhow::ensure!(
+            status == 204,
+            "successor's release answered {status}: {body}"
+        );
+        let role = if holder == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        Ok((
+            format!(
+                "SIGSTOP lock holder {} ({role}) for {LOCK_HOLDER_PAUSE:?}; tokens {first_token} then {second_token}",
+                self.fc.id(holder)
+            ),
+            failover,
+        ))
+    }
+
+    /// Asks node `node` for lock `name` under `owner`; returns the status
+    /// and the JSON body.
+    async fn lock_request(
+        &self,
+        node: usize,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(u16, serde_json::Value)> {
+        let body =
+            serde_json::json!({ "name": name, "owner": owner, "ttl_ms": ttl.as_millis() as u64 });
+        let response = self
+            .fc
+            .cluster
+            .http
+            .post(self.fc.cluster.nodes[node].url("/cluster/locks"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or_default()))
+    }
+
+    async fn lock_release(
+        &self,
+        node: usize,
+        name: &str,
+        owner: &str,
+        token: u64,
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = format!(
+            "{}/{name}?owner={owner}&token={token}",
+            self.fc.cluster.nodes[node].url("/cluster/locks")
+        );
+        let response = self.fc.cluster.http.delete(url).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or_default()))
     }
 
     /// Starts an upload of several chunks and kills every node once a node
