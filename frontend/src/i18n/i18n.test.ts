@@ -73,6 +73,9 @@ describe("translatePlural", () => {
     expect(translatePlural("es", "library.trackCount", 1)).toBe("1 canción");
     expect(translatePlural("es", "library.trackCount", 1200)).toBe("1200 canciones");
     expect(translatePlural("en", "library.trackCount", 1200)).toBe("1,200 tracks");
+    // Spanish participles agree with the count.
+    expect(translatePlural("es", "upload.summary.duplicate", 1)).toBe("1 ya estaba en la biblioteca");
+    expect(translatePlural("es", "upload.summary.rejected", 2)).toBe("2 rechazados");
   });
 
   it("has both forms for every plural key", () => {

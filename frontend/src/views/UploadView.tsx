@@ -19,7 +19,7 @@ interface UploadItem {
 }
 
 export function UploadView() {
-  const { t, describeError, formatNumber } = useI18n();
+  const { t, tn, describeError, formatNumber } = useI18n();
   const [items, setItems] = useState<UploadItem[]>([]);
   const [dragging, setDragging] = useState(false);
   const [running, setRunning] = useState(false);
@@ -106,11 +106,11 @@ export function UploadView() {
           </label>
           <p className="muted" aria-live="polite">
             {!running &&
-              t("upload.summary", {
-                added: formatNumber(count("added")),
-                duplicate: formatNumber(count("duplicate")),
-                rejected: formatNumber(count("rejected")),
-              })}
+              [
+                tn("upload.summary.added", count("added")),
+                tn("upload.summary.duplicate", count("duplicate")),
+                tn("upload.summary.rejected", count("rejected")),
+              ].join(", ")}
           </p>
           <ul className="upload-list">
             {items.map((item, index) => (
