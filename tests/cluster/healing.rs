@@ -257,6 +257,50 @@ async fn truncated_copy_is_quarantined_and_repaired() -> Result<()> {
     .await
 }
 
+/// With three nodes and R=3, a leader down past the grace period leaves no
+/// node to copy to, so repair cannot act, but the next leader's status must
+/// still count the files as under-replicated until the node returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_count_as_under_replicated_while_a_node_is_gone() -> Result<()> {
+    phase("upload to a 3-node cluster with R=3");
+    let mut cluster = Cluster::start(fast_cluster(3)).await?;
+    let dir = tempfile::tempdir()?;
+    let (file_id, _) = upload_wav(&cluster, dir.path(), 64 * 1024, 21).await?;
+    wait_for_replicas(&cluster, &file_id, 3).await?;
+    let victim = cluster.leader_index().await?;
+
+    phase("SIGKILL the leader; past the grace period the next one counts the file");
+    cluster.nodes[victim].kill();
+    let survivor = (victim + 1) % cluster.nodes.len();
+    let new_leader = RefCell::new(None);
+    wait_ok("a new leader", HEAL_TIMEOUT, || async {
+        let status = cluster.status(survivor).await?;
+        let leader_id = status["leader_id"].as_str().unwrap_or_default();
+        *new_leader.borrow_mut() = cluster
+            .nodes
+            .iter()
+            .position(|n| n.id == leader_id && n.id != cluster.nodes[victim].id);
+        Ok(new_leader.borrow().is_some())
+    })
+    .await?;
+    let leader = new_leader.into_inner().context("no new leader")?;
+    let under_replicated = |status: &Value| status["repair"]["under_replicated"].as_u64();
+    wait_ok(
+        "the file counted as under-replicated",
+        HEAL_TIMEOUT,
+        || async { Ok(under_replicated(&cluster.status(leader).await?) >= Some(1)) },
+    )
+    .await?;
+
+    phase("restart it: the count falls back to zero");
+    cluster.nodes[victim].restart()?;
+    cluster.wait_ready(victim).await?;
+    wait_ok("no file under-replicated", HEAL_TIMEOUT, || async {
+        Ok(under_replicated(&cluster.status(leader).await?) == Some(0))
+    })
+    .await
+}
+
 /// A node down past the grace period keeps its copies on disk. When it
 /// comes back, the leader copies each file to it again, and the verified
 /// copy replaces the stale one whether that is intact or damaged.
