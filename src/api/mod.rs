@@ -18,7 +18,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 
@@ -86,7 +86,14 @@ pub fn router(node: Arc<Node>) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
-        .layer(TraceLayer::new_for_http())
+        // Handlers log the failures worth a warning or an error with their
+        // context (a 503 no_quorum, a failed copy). The trace layer's own
+        // line for every 5xx stays at debug: a node answering /ready with
+        // 503 while it starts is not an error.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
 }
 
 /// Serves the built web app, or the placeholder page shipped in the
