@@ -28,6 +28,9 @@ const WRITE_AFTER_LEADER_LOSS_LIMIT: Duration = Duration::from_secs(5);
 /// waited 8 s and an upload about 15 s.
 const REJECTION_LIMIT: Duration = Duration::from_secs(4);
 
+/// The Prometheus counter of leader changes a node has seen.
+const LEADER_CHANGES: &str = "dispotify_raft_leader_changes_total";
+
 /// How long the term is watched after a follower restarted.
 const TERM_WATCH: Duration = Duration::from_secs(15);
 
@@ -93,6 +96,7 @@ async fn follower_write_reaches_next_leader() -> Result<()> {
         status == 200,
         "lock before the leader loss: {status} {body}"
     );
+    let changes_before = cluster.metric(follower, LEADER_CHANGES).await?;
 
     phase("SIGKILL the leader, then take a lock through a follower");
     cluster.nodes[leader].kill();
@@ -108,6 +112,11 @@ async fn follower_write_reaches_next_leader() -> Result<()> {
         "lock through the follower took {took:?}"
     );
     eprintln!("lock committed after {took:?}");
+    let changes_after = cluster.metric(follower, LEADER_CHANGES).await?;
+    ensure!(
+        changes_after > changes_before,
+        "{LEADER_CHANGES} went from {changes_before} to {changes_after} across a failover"
+    );
 
     phase("upload through the other follower");
     let other = (leader + 2) % cluster.nodes.len();

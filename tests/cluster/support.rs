@@ -348,6 +348,23 @@ impl Cluster {
         Ok((status, body))
     }
 
+    /// Reads the value of the unlabelled Prometheus sample `name` from node
+    /// `index`'s `/metrics`.
+    pub async fn metric(&self, index: usize, name: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(self.nodes[index].url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .with_context(|| format!("no sample {name} in /metrics"))?;
+        Ok(value.trim().parse()?)
+    }
+
     /// Streams a whole file from node `index`.
     pub async fn download(&self, index: usize, file_id: &str) -> Result<(u16, Vec<u8>)> {
         let url = self.nodes[index].url(&format!("/music/stream/{file_id}"));
