@@ -54,6 +54,8 @@ pub struct Upkeep {
     peers: Mutex<HashMap<NodeId, PeerReport>>,
     /// Repair copies this node is sending now.
     copies_out: Mutex<Vec<CopyProgress>>,
+    /// Wakes the reconciliation worker before its next periodic run.
+    reconcile_soon: tokio::sync::Notify,
 }
 
 /// The upkeep state one peer sent in its last health-check reply.
@@ -84,7 +86,14 @@ impl Upkeep {
             reconciled: AtomicBool::new(false),
             peers: Mutex::default(),
             copies_out: Mutex::default(),
+            reconcile_soon: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks for a reconciliation now rather than at the next period, for
+    /// example because a read found a copy this node should hold missing.
+    pub fn request_reconcile(&self) {
+        self.reconcile_soon.notify_one();
     }
 
     // Each update below is a short closure over plain counters, so a panic

@@ -22,7 +22,7 @@ use crate::consensus::{self, Member};
 use crate::limits::{STREAM_BUFFER_CHUNKS, STREAM_READ_AHEAD_BYTES};
 use crate::metrics::Metrics;
 use crate::model::{Manifest, Track};
-use crate::node::Node;
+use crate::node::{self, Node};
 
 /// Time allowed to receive one chunk from a remote replica.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +59,13 @@ pub async fn read_range(
     let mut sources = Vec::new();
     if node.blobs.contains(&track.file_id).await {
         sources.push(Source::Local);
+    } else if track.replicas.contains(&node.config.id) && node::is_ready(&node) {
+        // The committed replica set lists this node, but its copy is gone:
+        // deleted, or still arriving for a file committed moments ago.
+        // Reconciliation fetches it from another replica; for a copy still
+        // arriving that costs one transfer more and changes nothing.
+        tracing::warn!(node_id = %node.config.id, file_id = %track.file_id, "assigned copy is missing; reading from another replica and reconciling");
+        node.upkeep.request_reconcile();
     }
     let members = consensus::members_of(&node.raft);
     let mut remotes: Vec<Member> = track

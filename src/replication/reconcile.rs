@@ -3,7 +3,8 @@
 //! catalog assigns to this node but missing on disk is fetched from another
 //! replica, or reported missing when no replica can send it; a blob no
 //! committed track assigns to this node is deleted once older than the
-//! orphan grace period.
+//! orphan grace period. A read that finds an assigned copy missing asks
+//! for a pass before the next period.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,8 +20,13 @@ use crate::node::{self, Node};
 /// How often a node that is not yet caught up checks again.
 const CAUGHT_UP_POLL: Duration = Duration::from_millis(500);
 
-/// Shortest pause between two reconciliations after the first.
+/// Shortest pause between two periodic reconciliations after the first.
 const MIN_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Shortest pause between two reconciliations when reads ask for them
+/// ([`Upkeep::request_reconcile`](super::Upkeep::request_reconcile)): a
+/// burst of reads of one missing copy leads to one pass at a time.
+const REQUESTED_RECONCILE_GAP: Duration = Duration::from_secs(5);
 
 /// Time one fetch of a missing copy may take before the next replica is
 /// tried.
@@ -59,7 +65,14 @@ pub async fn reconcile_worker(node: Arc<Node>) {
         node.upkeep.mark_reconciled();
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(REQUESTED_RECONCILE_GAP.min(interval)) => {}
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval.saturating_sub(REQUESTED_RECONCILE_GAP)) => {}
+            _ = node.upkeep.reconcile_soon.notified() => {
+                tracing::debug!(node_id = %node.config.id, "reconciling early on request");
+            }
         }
     }
 }

@@ -112,6 +112,35 @@ scrub_bytes_per_sec = 4096
 orphan_grace = "1h"
 "#;
 
+/// A copy deleted from a running node's disk is fetched back once a read
+/// through that node finds it missing. With an hour's orphan grace the next
+/// periodic reconciliation is 15 minutes away, and scrub only reads the
+/// copies that are on disk, so only the read can have set it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_copy_is_noticed_by_a_read() -> Result<()> {
+    phase("upload to a 3-node cluster that reconciles only every 15 minutes");
+    let cluster = Cluster::start(cluster_with(3, REPAIR_ONLY)).await?;
+    let dir = tempfile::tempdir()?;
+    let (file_id, original) = upload_wav(&cluster, dir.path(), 256 * 1024, 23).await?;
+    wait_for_replicas(&cluster, &file_id, 3).await?;
+
+    phase("delete node 1's copy while it runs, then read through node 1");
+    let path = blob_path(&cluster.nodes[0].data_dir, &file_id);
+    std::fs::remove_file(&path)?;
+    let (status, streamed) = cluster.download(0, &file_id).await?;
+    ensure!(
+        status == 200 && streamed == original,
+        "read with the local copy gone: {status}, {} bytes",
+        streamed.len()
+    );
+
+    phase("the copy is back on node 1's disk");
+    wait_ok("copy fetched back", Duration::from_secs(20), || async {
+        Ok(std::fs::read(&path).is_ok_and(|bytes| bytes == original))
+    })
+    .await
+}
+
 /// How a test damages a copy on the disk of a stopped node.
 #[derive(Clone, Copy, Debug)]
 enum Damage {
