@@ -2,6 +2,7 @@
 //! checks of every member, and publishing leadership and membership changes
 //! on the in-process event channel.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
