@@ -6,13 +6,13 @@
 //! storage. It then starts Raft, serves QUIC, bootstraps or joins and starts
 //! the workers. HTTP is served until SIGINT or SIGTERM.
 
-use openraft::async_runtime::WatchReceiver;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispotify_transport::{Endpoint, TlsIdentity, TransportConfig};
 use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::broadcast;

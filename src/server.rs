@@ -1,12 +1,12 @@
 //! The receiving side of the QUIC transport: control RPCs served with
 //! tarpc, and bulk streams handed to the replication manager.
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 
 use dispotify_transport::PeerId;
 use futures::future::BoxFuture;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::RaftError;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,

@@ -2,10 +2,10 @@
 //! checks of every member, and publishing leadership and membership changes
 //! on the in-process event channel.
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::Instrument;
 
