@@ -12,11 +12,11 @@ mod network;
 mod snapshot_receiver;
 mod state_machine;
 
-use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
@@ -144,39 +144,38 @@ pub struct RaftSettings {
 }
 
 impl Default for RaftSettings {
-    /// Heartbeats every 100 ms and elections after 600 to 1200 ms. openraft
-    /// 0.9 uses these values as follows:
+    /// Heartbeats every 25 ms and election timeouts of 80 to 120 ms.
+    /// openraft 0.10.0-alpha.37 uses these values as follows:
     ///
-    /// - a leader sends heartbeats on a tick of 1.5 heartbeat intervals
-    ///   (150 ms), and each AppendEntries call, heartbeats included, times
-    ///   out at the leader after one heartbeat interval, though the follower
-    ///   still handles a late one;
-    /// - a follower that has heard from a leader waits the leader lease,
-    ///   which is `election_timeout_max`, plus its own election timeout, so
-    ///   it starts an election after 1.8 to 2.4 s of silence, twelve
-    ///   heartbeat ticks or more;
-    /// - each node draws its election timeout from the range once, at
-    ///   start.
+    /// - a leader checks its timers on a tick of 13/64 of the heartbeat
+    ///   interval (5 ms) and sends a heartbeat at the first tick after each
+    ///   interval. Each heartbeat times out at the leader after one
+    ///   interval, though the follower still handles a late one.
+    /// - a follower that has heard from a leader waits the leader lease
+    ///   plus an election timeout drawn afresh for every Pre-Vote round
+    ///   and campaign. The lease is `election_timeout_max` and has no
+    ///   setting of its own, so a follower starts a Pre-Vote after 200 to
+    ///   240 ms of silence.
+    /// - a voter rejects a Pre-Vote while its own lease from the leader
+    ///   runs, so a follower that merely missed heartbeats does not raise
+    ///   the term.
     ///
-    /// Shorter timeouts gave elections without any fault on a 2-core
-    /// machine under client load (`loaded_cluster_holds_no_election` in
-    /// `tests/fault`), even with followers handling late heartbeats. With
-    /// 50 ms and 100 to 150 ms there were 10 term increments in 2 minutes
-    /// at a load average of 8 to 10. With 100 ms and 300 to 500 ms there
-    /// were 2 in 5 minutes at a load average of 1 to 7. With these
-    /// defaults there were none in 2 minutes at a load average of 5 to 9,
-    /// and a failover to the first committed write took 2.9 s at the
-    /// median and 3.6 s at p99 over 20 leader losses. docs/benchmarks.md
-    /// has the runs and what would allow shorter timeouts.
+    /// The fault suite measured these settings on a shared 2-core machine.
+    /// Over 20 leader losses, a failover to the first committed write took
+    /// 246 ms at the median and 272 ms at p99. Two runs of 300 s of client
+    /// load (`loaded_cluster_holds_no_election`) held no election, at load
+    /// averages of up to 8. docs/benchmarks.md has the runs and their
+    /// limits. On a network with round trips of more than a few
+    /// milliseconds, raise all three values together.
     ///
     /// A snapshot every 5,000 entries keeps restarts short; 1,000 entries
     /// kept after it cover a follower that was down for a few minutes of
     /// uploads.
     fn default() -> Self {
         RaftSettings {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(600),
-            election_timeout_max: Duration::from_millis(1200),
+            heartbeat_interval: Duration::from_millis(25),
+            election_timeout_min: Duration::from_millis(80),
+            election_timeout_max: Duration::from_millis(120),
             snapshot_every_entries: 5_000,
             log_entries_kept_after_snapshot: 1_000,
         }
@@ -196,9 +195,10 @@ pub fn raft_config(
         election_timeout_max: settings.election_timeout_max.as_millis() as u64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
         max_in_snapshot_log_to_keep: settings.log_entries_kept_after_snapshot,
-        // A follower that cannot hear the leader first asks the voters
-        // whether they would elect it, so a node that was cut off or
-        // starved of CPU does not raise the term of a healthy cluster.
+        // A follower that cannot hear the leader first sends the voters a
+        // Pre-Vote request, which changes no term, so a node that was cut
+        // off or starved of CPU does not raise the term of a healthy
+        // cluster.
         enable_pre_vote: Some(true),
         ..Default::default()
     };
@@ -223,8 +223,9 @@ pub fn is_voter(raft: &DispotifyRaft, id: RaftId) -> bool {
     voters.contains(&id)
 }
 
-/// How long ago a majority last acknowledged this node as leader; `None`
-/// when it is not the leader or no majority has acknowledged it yet.
+/// Returns how long ago a majority last acknowledged this node as leader,
+/// or `None` when it is not the leader or no majority has acknowledged it
+/// yet.
 pub fn quorum_ack_age(metrics: &Metrics) -> Option<Duration> {
     use openraft::Instant as _;
 
@@ -301,7 +302,7 @@ mod tests {
     /// Encodings that openraft 0.9.25 wrote for node `n1`, captured from
     /// that version: postcard in the Raft log (`log.redb`), JSON in the
     /// catalog's applied state and in `current.meta`. A data directory
-    /// written before the move to 0.10 holds exactly these forms.
+    /// written before the move to 0.10 contains exactly these forms.
     const V09_VOTE: &str = "03fdcc9ce784f7e2b56701";
     const V09_ENTRY_MEMBERSHIP: &str = "03fdcc9ce784f7e2b5672a020101fdcc9ce784f7e2b56701fdcc9ce784f7e2b567026e310e3132372e302e302e313a373030310e3132372e302e302e313a38303031";
     const V09_ENTRY_NORMAL: &str = "03fdcc9ce784f7e2b5672b0180a0abfef96205026e3101";
