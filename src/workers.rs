@@ -211,10 +211,10 @@ async fn publish_events(node: Arc<Node>) {
     loop {
         let current = metrics.borrow_and_update().clone();
         if current.current_leader != last_leader || current.current_term != last_term {
-            last_leader = current.current_leader;
             if current.current_leader != last_leader {
                 node.metrics.leader_changes.inc();
             }
+            last_leader = current.current_leader;
             last_term = current.current_term;
             node.metrics.raft_term.set(last_term as i64);
             let leader = node::leader(&node).map(|(_, m)| m.name);

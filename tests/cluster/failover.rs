@@ -109,6 +109,23 @@ async fn follower_write_reaches_next_leader() -> Result<()> {
     );
     eprintln!("lock committed after {took:?}");
 
+    phase("the follower's metrics count the first and the new leader");
+    let metrics = cluster
+        .http
+        .get(cluster.nodes[follower].url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let leader_changes = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("dispotify_raft_leader_changes_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    ensure!(
+        leader_changes.is_some_and(|count| count >= 2.0),
+        "leader changes {leader_changes:?} in:\n{metrics}"
+    );
+
     phase("upload through the other follower");
     let other = (leader + 2) % cluster.nodes.len();
     let (status, body, took) = upload_wav(&cluster, other, "after-loss.wav", 7).await?;
