@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispotify_transport::{Endpoint, TlsIdentity, TransportConfig};
 use futures::StreamExt;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::broadcast;
@@ -61,6 +62,8 @@ pub struct Node {
     pub me: Member,
     pub raft_id: RaftId,
     pub raft: DispotifyRaft,
+    /// Collects the chunks of a snapshot that the leader sends.
+    pub snapshot_receiver: consensus::SnapshotReceiver,
     pub catalog: Catalog,
     pub blobs: BlobStore,
     pub endpoint: Endpoint,
@@ -247,6 +250,7 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         detail: e.to_string(),
     })?;
     let raft_id = consensus::raft_id_of(&config.id);
+    let snapshot_receiver = consensus::SnapshotReceiver::new(state_machine.receive_path());
     let raft = DispotifyRaft::new(raft_id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| StartError::Raft {
@@ -266,6 +270,7 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
         me,
         raft_id,
         raft,
+        snapshot_receiver,
         catalog,
         blobs,
         endpoint,
@@ -337,7 +342,7 @@ pub fn now_ms() -> i64 {
 
 /// Returns the member this node currently sees as leader, if any.
 pub fn leader(node: &Node) -> Option<(RaftId, Member)> {
-    let leader = node.raft.metrics().borrow().current_leader?;
+    let leader = node.raft.metrics().borrow_watched().current_leader?;
     let member = consensus::members_of(&node.raft).get(&leader)?.clone();
     Some((leader, member))
 }
@@ -351,7 +356,7 @@ pub fn is_ready(node: &Node) -> bool {
 /// Tells whether this node is a member, has a known leader and has applied
 /// its log.
 pub fn is_caught_up(node: &Node) -> bool {
-    let metrics = node.raft.metrics().borrow().clone();
+    let metrics = node.raft.metrics().borrow_watched().clone();
     let joined = metrics
         .membership_config
         .membership()
@@ -397,13 +402,13 @@ pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
 /// rather than after [`WRITE_TIMEOUT`].
 pub async fn propose_local(node: &Node, mut request: Request) -> Result<WriteReceipt, RemoteError> {
     let limit = quorum_silence_limit(node);
-    if let Some(silence) = quorum_silence(&node.raft.metrics().borrow(), limit) {
+    if let Some(silence) = quorum_silence(&node.raft.metrics().borrow_watched(), limit) {
         return Err(no_quorum_at_leader(silence));
     }
 
     request.at_ms = now_ms();
     let mut metrics = node.raft.metrics();
-    let cut_off = metrics.wait_for(|m| quorum_silence(m, limit).is_some());
+    let cut_off = metrics.wait_until(|m| quorum_silence(m, limit).is_some());
     let written = tokio::select! {
         written = tokio::time::timeout(WRITE_TIMEOUT, node.raft.client_write(request)) => written,
         watched = cut_off => {
@@ -448,7 +453,7 @@ fn quorum_silence(metrics: &consensus::Metrics, limit: Duration) -> Option<Durat
     if metrics.state != ServerState::Leader {
         return None;
     }
-    let silence = Duration::from_millis(metrics.millis_since_quorum_ack?);
+    let silence = consensus::quorum_ack_age(metrics)?;
     (silence > limit).then_some(silence)
 }
 
@@ -480,9 +485,15 @@ pub async fn write(node: &Arc<Node>, command: Command) -> Result<WriteReceipt, A
     let mut attempt = 0;
     while attempt < crate::limits::MAX_FORWARD_ATTEMPTS && Instant::now() < deadline {
         check_quorum(node).await?;
-        let term = node.raft.metrics().borrow().current_term;
+        let term = node.raft.metrics().borrow_watched().current_term;
         let Some((leader_id, member)) = leader(node) else {
-            if node.raft.metrics().borrow().current_leader.is_none() {
+            if node
+                .raft
+                .metrics()
+                .borrow_watched()
+                .current_leader
+                .is_none()
+            {
                 wait_for_new_leader(node, None, term, deadline).await;
             } else {
                 // The leader is not in this node's membership yet.
@@ -574,7 +585,7 @@ async fn forward_watched(
 ) -> Result<WriteReceipt, Retry> {
     let mut metrics = node.raft.metrics();
     let replaced =
-        metrics.wait_for(|m| m.current_leader != Some(leader_id) || m.current_term != term);
+        metrics.wait_until(|m| m.current_leader != Some(leader_id) || m.current_term != term);
     let silence_limit = node.config.raft.election_timeout_max;
     let started = Instant::now();
     let silent = async {
@@ -619,7 +630,7 @@ async fn forward(
 /// other than `term`, or until `deadline`.
 async fn wait_for_new_leader(node: &Node, previous: Option<RaftId>, term: u64, deadline: Instant) {
     let mut metrics = node.raft.metrics();
-    let changed = metrics.wait_for(|m| {
+    let changed = metrics.wait_until(|m| {
         m.current_term != term || (m.current_leader.is_some() && m.current_leader != previous)
     });
     let _ = tokio::time::timeout_at(deadline.into(), changed).await;
@@ -704,7 +715,7 @@ impl QuorumProbe {
 /// A follower whose leader has a majority, or that reaches a majority
 /// while a new leader is elected, passes: the write can then commit.
 pub async fn check_quorum(node: &Node) -> Result<(), ApiError> {
-    let metrics = node.raft.metrics().borrow().clone();
+    let metrics = node.raft.metrics().borrow_watched().clone();
     if metrics.state == ServerState::Leader {
         return match quorum_silence(&metrics, quorum_silence_limit(node)) {
             Some(silence) => Err(ApiError::NoQuorum {
@@ -893,5 +904,5 @@ pub async fn wait_applied(node: &Node, log_index: u64) {
 
 /// Whether this node's own metrics report it as leader.
 pub fn is_leader(node: &Node) -> bool {
-    node.raft.metrics().borrow().state == ServerState::Leader
+    node.raft.metrics().borrow_watched().state == ServerState::Leader
 }

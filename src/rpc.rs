@@ -6,14 +6,13 @@
 //! streams (see `replication`), so a large transfer never queues behind or
 //! in front of a Raft heartbeat.
 
-use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::error::RaftError;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::consensus::{Member, RaftId, Request, TypeConfig};
+use crate::consensus::{Member, Request, SnapshotChunk, SnapshotChunkError, TypeConfig};
 use crate::model::{FileId, Manifest, NodeId, WriteOutcome};
 
 /// A node's answer to a health ping.
@@ -75,15 +74,23 @@ pub trait NodeRpc {
 
     async fn raft_append(
         request: AppendEntriesRequest<TypeConfig>,
-    ) -> Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>>;
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>;
 
     async fn raft_vote(
-        request: VoteRequest<RaftId>,
-    ) -> Result<VoteResponse<RaftId>, RaftError<RaftId>>;
+        request: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>;
 
+    /// Asks whether this node would vote for the candidate, without
+    /// changing its term or vote.
+    async fn raft_pre_vote(
+        request: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>;
+
+    /// Stores one chunk of a snapshot from the leader. The answer to the
+    /// last chunk is the response of the installed snapshot.
     async fn raft_snapshot(
-        request: InstallSnapshotRequest<TypeConfig>,
-    ) -> Result<InstallSnapshotResponse<RaftId>, RaftError<RaftId, InstallSnapshotError>>;
+        chunk: SnapshotChunk,
+    ) -> Result<Option<SnapshotResponse<TypeConfig>>, SnapshotChunkError>;
 
     /// Adds the calling node to the cluster as a learner and promotes it to
     /// voter once it has caught up. The member's name must equal the node id

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use dispotify_transport::PeerId;
 use futures::future::BoxFuture;
 
-use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::RaftError;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use tarpc::context::Context;
 
-use crate::consensus::{self, Member, RaftId, Request, TypeConfig};
+use crate::consensus::{self, Member, Request, SnapshotChunk, SnapshotChunkError, TypeConfig};
 use crate::model::{FileId, Manifest, NodeId};
 use crate::node::{self, Node};
 use crate::replication;
@@ -120,7 +120,7 @@ impl RpcServer {
 
 impl NodeRpc for RpcServer {
     async fn ping(self, _: Context) -> PingReply {
-        let metrics = self.node.raft.metrics().borrow().clone();
+        let metrics = self.node.raft.metrics().borrow_watched().clone();
         let leader = node::leader(&self.node).map(|(_, member)| member.name);
         PingReply {
             node_id: self.node.config.id.clone(),
@@ -132,8 +132,9 @@ impl NodeRpc for RpcServer {
                 .then(|| self.node.upkeep.repair_with_progress(&self.node.config.id)),
             copies_out: self.node.upkeep.copies_out(),
             quorum_ack_age_ms: (metrics.state == openraft::ServerState::Leader)
-                .then_some(metrics.millis_since_quorum_ack)
-                .flatten(),
+                .then(|| consensus::quorum_ack_age(&metrics))
+                .flatten()
+                .map(|age| age.as_millis() as u64),
         }
     }
 
@@ -144,7 +145,7 @@ impl NodeRpc for RpcServer {
         self,
         _: Context,
         request: AppendEntriesRequest<TypeConfig>,
-    ) -> Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> {
         let node = self.node.clone();
         let handled = tokio::spawn(async move {
             let response = node.raft.append_entries(request).await;
@@ -171,17 +172,36 @@ impl NodeRpc for RpcServer {
     async fn raft_vote(
         self,
         _: Context,
-        request: VoteRequest<RaftId>,
-    ) -> Result<VoteResponse<RaftId>, RaftError<RaftId>> {
+        request: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
         self.node.raft.vote(request).await
     }
 
+    async fn raft_pre_vote(
+        self,
+        _: Context,
+        request: VoteRequest<TypeConfig>,
+    ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> {
+        self.node.raft.pre_vote(request).await
+    }
+
+    /// Stores the chunk in a task of its own, so that a chunk being written
+    /// or a snapshot being installed is not cut off halfway when the
+    /// caller gives up and tarpc drops this call.
     async fn raft_snapshot(
         self,
         _: Context,
-        request: InstallSnapshotRequest<TypeConfig>,
-    ) -> Result<InstallSnapshotResponse<RaftId>, RaftError<RaftId, InstallSnapshotError>> {
-        self.node.raft.install_snapshot(request).await
+        chunk: SnapshotChunk,
+    ) -> Result<Option<SnapshotResponse<TypeConfig>>, SnapshotChunkError> {
+        let node = self.node.clone();
+        let handled =
+            tokio::spawn(async move { node.snapshot_receiver.receive(&node.raft, chunk).await });
+        match handled.await {
+            Ok(result) => result,
+            Err(join_error) => Err(SnapshotChunkError::RaftStopped {
+                detail: join_error.to_string(),
+            }),
+        }
     }
 
     async fn join(self, _: Context, member: Member) -> Result<(), RemoteError> {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::Instrument;
 

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -65,7 +66,7 @@ pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
             Default::default()
         }
     };
-    let metrics = node.raft.metrics().borrow().clone();
+    let metrics = node.raft.metrics().borrow_watched().clone();
     let members = consensus::members_of(&node.raft);
     let voters: std::collections::BTreeSet<u64> =
         metrics.membership_config.membership().voter_ids().collect();

@@ -6,17 +6,16 @@
 //! (fsync) before openraft is told the entries are flushed.
 
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
-};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use redb::{Builder, Database, ReadableTable, TableDefinition};
 
-use super::{RaftId, TypeConfig};
+use super::{Entry, LogId, TypeConfig, Vote};
 
 /// Entries by log index, each encoded with postcard.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -53,67 +52,62 @@ impl LogStore {
         Ok(LogStore { db: Arc::new(db) })
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, AnyError> {
-        let txn = self.db.begin_read().map_err(|e| AnyError::new(&e))?;
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> io::Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(io::Error::other)?;
         let table = match txn.open_table(META) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(AnyError::new(&e)),
+            Err(e) => return Err(io::Error::other(e)),
         };
-        let Some(value) = table.get(key).map_err(|e| AnyError::new(&e))? else {
+        let Some(value) = table.get(key).map_err(io::Error::other)? else {
             return Ok(None);
         };
-        let decoded = postcard::from_bytes(value.value()).map_err(|e| AnyError::new(&e))?;
+        let decoded = postcard::from_bytes(value.value()).map_err(io::Error::other)?;
         Ok(Some(decoded))
     }
 
-    fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), AnyError> {
-        let bytes = postcard::to_allocvec(value).map_err(|e| AnyError::new(&e))?;
-        let txn = self.db.begin_write().map_err(|e| AnyError::new(&e))?;
+    fn write_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> io::Result<()> {
+        let bytes = postcard::to_allocvec(value).map_err(io::Error::other)?;
+        let txn = self.db.begin_write().map_err(io::Error::other)?;
         {
-            let mut table = txn.open_table(META).map_err(|e| AnyError::new(&e))?;
+            let mut table = txn.open_table(META).map_err(io::Error::other)?;
             table
                 .insert(key, bytes.as_slice())
-                .map_err(|e| AnyError::new(&e))?;
+                .map_err(io::Error::other)?;
         }
-        txn.commit().map_err(|e| AnyError::new(&e))
+        txn.commit().map_err(io::Error::other)
     }
 
-    fn read_range(
-        &self,
-        start: u64,
-        end_exclusive: u64,
-    ) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
-        let txn = self.db.begin_read().map_err(|e| AnyError::new(&e))?;
+    fn read_range(&self, start: u64, end_exclusive: u64) -> io::Result<Vec<Entry>> {
+        let txn = self.db.begin_read().map_err(io::Error::other)?;
         let table = match txn.open_table(LOG) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(AnyError::new(&e)),
+            Err(e) => return Err(io::Error::other(e)),
         };
         let mut entries = Vec::new();
         for item in table
             .range(start..end_exclusive)
-            .map_err(|e| AnyError::new(&e))?
+            .map_err(io::Error::other)?
         {
-            let (_, value) = item.map_err(|e| AnyError::new(&e))?;
-            let entry = postcard::from_bytes(value.value()).map_err(|e| AnyError::new(&e))?;
+            let (_, value) = item.map_err(io::Error::other)?;
+            let entry = postcard::from_bytes(value.value()).map_err(io::Error::other)?;
             entries.push(entry);
         }
         Ok(entries)
     }
 
-    fn last_entry_log_id(&self) -> Result<Option<LogId<RaftId>>, AnyError> {
-        let txn = self.db.begin_read().map_err(|e| AnyError::new(&e))?;
+    fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
+        let txn = self.db.begin_read().map_err(io::Error::other)?;
         let table = match txn.open_table(LOG) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(AnyError::new(&e)),
+            Err(e) => return Err(io::Error::other(e)),
         };
-        let Some((_, value)) = table.last().map_err(|e| AnyError::new(&e))? else {
+        let Some((_, value)) = table.last().map_err(io::Error::other)? else {
             return Ok(None);
         };
-        let entry: Entry<TypeConfig> =
-            postcard::from_bytes(value.value()).map_err(|e| AnyError::new(&e))?;
+        let entry: Entry = postcard::from_bytes(value.value()).map_err(io::Error::other)?;
         Ok(Some(entry.log_id))
     }
 
@@ -122,22 +116,22 @@ impl LogStore {
     fn remove_range(
         &self,
         range: (Bound<u64>, Bound<u64>),
-        last_purged: Option<&LogId<RaftId>>,
-    ) -> Result<(), AnyError> {
-        let txn = self.db.begin_write().map_err(|e| AnyError::new(&e))?;
+        last_purged: Option<&LogId>,
+    ) -> io::Result<()> {
+        let txn = self.db.begin_write().map_err(io::Error::other)?;
         {
-            let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
+            let mut table = txn.open_table(LOG).map_err(io::Error::other)?;
             table
                 .retain_in(range, |_, _| false)
-                .map_err(|e| AnyError::new(&e))?;
+                .map_err(io::Error::other)?;
             if let Some(log_id) = last_purged {
-                let bytes = postcard::to_allocvec(log_id).map_err(|e| AnyError::new(&e))?;
-                let mut meta = txn.open_table(META).map_err(|e| AnyError::new(&e))?;
+                let bytes = postcard::to_allocvec(log_id).map_err(io::Error::other)?;
+                let mut meta = txn.open_table(META).map_err(io::Error::other)?;
                 meta.insert(KEY_LAST_PURGED, bytes.as_slice())
-                    .map_err(|e| AnyError::new(&e))?;
+                    .map_err(io::Error::other)?;
             }
         }
-        txn.commit().map_err(|e| AnyError::new(&e))
+        txn.commit().map_err(io::Error::other)
     }
 }
 
@@ -155,30 +149,55 @@ fn to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     (start, end_exclusive)
 }
 
+impl LogStore {
+    /// Runs `work` on the blocking pool with a clone of this store: every
+    /// redb call blocks on disk I/O, and a commit waits for an fsync.
+    async fn blocking<T, F>(&self, work: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(LogStore) -> io::Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(store))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    fn insert_all(&self, encoded: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let txn = self.db.begin_write().map_err(io::Error::other)?;
+        {
+            let mut table = txn.open_table(LOG).map_err(io::Error::other)?;
+            for (index, bytes) in encoded {
+                table
+                    .insert(*index, bytes.as_slice())
+                    .map_err(io::Error::other)?;
+            }
+        }
+        txn.commit().map_err(io::Error::other)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<RaftId>> {
+    ) -> io::Result<Vec<Entry>> {
         let (start, end_exclusive) = to_bounds(&range);
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_range(start, end_exclusive))
+        self.blocking(move |store| store.read_range(start, end_exclusive))
             .await
-            .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?
-            .map_err(|e| StorageIOError::read_logs(e).into())
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.read_meta(KEY_VOTE)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<RaftId>> {
-        let last_purged: Option<LogId<RaftId>> = self
-            .read_meta(KEY_LAST_PURGED)
-            .map_err(StorageIOError::read_logs)?;
-        let last_entry = self
-            .last_entry_log_id()
-            .map_err(StorageIOError::read_logs)?;
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        let last_entry = self.last_entry_log_id()?;
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last_entry.or(last_purged),
@@ -189,99 +208,64 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<RaftId>) -> Result<(), StorageError<RaftId>> {
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         self.write_meta(KEY_VOTE, vote)
-            .map_err(|e| StorageIOError::write_vote(e).into())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<RaftId>>, StorageError<RaftId>> {
-        self.read_meta(KEY_VOTE)
-            .map_err(|e| StorageIOError::read_vote(e).into())
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<RaftId>>,
-    ) -> Result<(), StorageError<RaftId>> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         self.write_meta(KEY_COMMITTED, &committed)
-            .map_err(|e| StorageIOError::write(e).into())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<RaftId>>, StorageError<RaftId>> {
-        let committed: Option<Option<LogId<RaftId>>> = self
-            .read_meta(KEY_COMMITTED)
-            .map_err(StorageIOError::read)?;
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        let committed: Option<Option<LogId>> = self.read_meta(KEY_COMMITTED)?;
         Ok(committed.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError<RaftId>>
+    /// Commits the entries in one redb transaction, fsynced, and only then
+    /// reports them flushed.
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
         for entry in entries {
-            let bytes = postcard::to_allocvec(&entry)
-                .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
+            let bytes = postcard::to_allocvec(&entry).map_err(io::Error::other)?;
             encoded.push((entry.log_id.index, bytes));
         }
-        let db = self.db.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(), AnyError> {
-            let txn = db.begin_write().map_err(|e| AnyError::new(&e))?;
-            {
-                let mut table = txn.open_table(LOG).map_err(|e| AnyError::new(&e))?;
-                for (index, bytes) in &encoded {
-                    table
-                        .insert(*index, bytes.as_slice())
-                        .map_err(|e| AnyError::new(&e))?;
-                }
-            }
-            txn.commit().map_err(|e| AnyError::new(&e))
-        })
-        .await
-        .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-
+        let result = self.blocking(move |store| store.insert_all(&encoded)).await;
         match result {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                callback.io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(e).into())
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
             }
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
-        tracing::debug!(log_index = log_id.index, "truncating raft log");
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
-            store.remove_range((Bound::Included(log_id.index), Bound::Unbounded), None)
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let first_removed = last_log_id.as_ref().map_or(0, |log_id| log_id.index + 1);
+        tracing::debug!(log_index = first_removed, "truncating raft log");
+        self.blocking(move |store| {
+            store.remove_range((Bound::Included(first_removed), Bound::Unbounded), None)
         })
         .await
-        .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?
-        .map_err(|e| StorageIOError::write_logs(e).into())
     }
 
     /// Deletes the entries up to `log_id` on the blocking pool: a purge after
     /// a snapshot reads and rewrites thousands of entries' pages, which
     /// would otherwise hold a runtime worker thread for its whole duration.
-    async fn purge(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         tracing::debug!(log_index = log_id.index, "purging raft log");
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || {
+        self.blocking(move |store| {
             store.remove_range(
                 (Bound::Unbounded, Bound::Included(log_id.index)),
                 Some(&log_id),
             )
         })
         .await
-        .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?
-        .map_err(|e| StorageIOError::write_logs(e).into())
     }
 }

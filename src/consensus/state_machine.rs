@@ -9,25 +9,41 @@
 //! contains the catalog export and `current.meta` its [`SnapshotMeta`]. Both are
 //! written to a temporary name, fsynced and renamed, the metadata last.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership,
-};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use tokio::io::AsyncSeekExt;
 
-use super::{Member, RaftId, Request, Response, TypeConfig};
+use super::{LogId, Request, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::catalog::{AppliedState, ApplyOutcome, Catalog, EntryClock};
 use crate::model::{Command, WriteOutcome};
 
 /// The last applied log id and the membership in force after it.
-type AppliedPosition = (Option<LogId<RaftId>>, StoredMembership<RaftId, Member>);
+type AppliedPosition = (Option<LogId>, StoredMembership);
 
 const SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_META_FILE: &str = "current.meta";
+/// Where a snapshot received from the leader is written until it is
+/// installed.
+const RECEIVE_FILE: &str = "receive.tmp";
+
+/// A snapshot's data: an open file and where it lies, so installing a
+/// received snapshot can move its file into place.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub file: tokio::fs::File,
+}
+
+impl SnapshotFile {
+    async fn open(path: PathBuf) -> io::Result<SnapshotFile> {
+        let file = tokio::fs::File::open(&path).await?;
+        Ok(SnapshotFile { path, file })
+    }
+}
 
 /// Applies committed entries to the catalog.
 #[derive(Clone)]
@@ -47,35 +63,72 @@ impl StateMachine {
         })
     }
 
-    async fn load_applied(&self) -> Result<AppliedPosition, AnyError> {
+    /// Where a snapshot received from the leader is written before
+    /// openraft installs it.
+    pub fn receive_path(&self) -> PathBuf {
+        self.snapshot_dir.join(RECEIVE_FILE)
+    }
+
+    async fn load_applied(&self) -> io::Result<AppliedPosition> {
         let Some(state) = self
             .catalog
             .applied_state()
             .await
-            .map_err(|e| AnyError::new(&e))?
+            .map_err(io::Error::other)?
         else {
             return Ok((None, StoredMembership::default()));
         };
         decode_applied(&state)
     }
+
+    /// Applies one entry and records its log id, and the membership when
+    /// the entry carries one, in the same catalog transaction.
+    async fn apply_entry(
+        &self,
+        entry: super::Entry,
+        membership: &mut StoredMembership,
+    ) -> io::Result<Response> {
+        let log_id = entry.log_id;
+        let mut clock = EntryClock {
+            log_index: log_id.index,
+            at_ms: 0,
+        };
+        let command = match entry.payload {
+            EntryPayload::Blank => None,
+            EntryPayload::Normal(request) => {
+                clock.at_ms = request.at_ms;
+                Some(stamp(request))
+            }
+            EntryPayload::Membership(m) => {
+                *membership = StoredMembership::new(Some(log_id), m);
+                None
+            }
+        };
+        let state = encode_applied(&log_id, membership)?;
+        let outcome = self
+            .catalog
+            .apply(&state, command.as_ref(), clock)
+            .await
+            .map_err(|e| io::Error::other(format!("apply log index {}: {e}", log_id.index)))?;
+        Ok(Response {
+            outcome: write_outcome(outcome),
+        })
+    }
 }
 
-fn decode_applied(state: &AppliedState) -> Result<AppliedPosition, AnyError> {
+fn decode_applied(state: &AppliedState) -> io::Result<AppliedPosition> {
     let last_applied = match &state.last_applied {
-        Some(json) => Some(serde_json::from_str(json).map_err(|e| AnyError::new(&e))?),
+        Some(json) => Some(serde_json::from_str(json).map_err(io::Error::other)?),
         None => None,
     };
-    let membership = serde_json::from_str(&state.last_membership).map_err(|e| AnyError::new(&e))?;
+    let membership = serde_json::from_str(&state.last_membership).map_err(io::Error::other)?;
     Ok((last_applied, membership))
 }
 
-fn encode_applied(
-    last_applied: &LogId<RaftId>,
-    membership: &StoredMembership<RaftId, Member>,
-) -> Result<AppliedState, AnyError> {
+fn encode_applied(last_applied: &LogId, membership: &StoredMembership) -> io::Result<AppliedState> {
     Ok(AppliedState {
-        last_applied: Some(serde_json::to_string(last_applied).map_err(|e| AnyError::new(&e))?),
-        last_membership: serde_json::to_string(membership).map_err(|e| AnyError::new(&e))?,
+        last_applied: Some(serde_json::to_string(last_applied).map_err(io::Error::other)?),
+        last_membership: serde_json::to_string(membership).map_err(io::Error::other)?,
     })
 }
 
@@ -150,66 +203,50 @@ fn write_outcome(outcome: ApplyOutcome) -> WriteOutcome {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<RaftId>> {
+    type SnapshotData = SnapshotFile;
+
+    /// Exports the catalog to a file, fsyncs it, then moves it and its
+    /// metadata into place.
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let tmp_path = self.snapshot_dir.join("build.tmp");
-        let file = std::fs::File::create(&tmp_path)
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+        let file = std::fs::File::create(&tmp_path)?;
         let mut writer = BufWriter::new(file);
         let state = self
             .catalog
             .export_snapshot(&mut writer)
             .await
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e.into_error())))?;
-        file.sync_all()
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
+            .map_err(io::Error::other)?;
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
         drop(file);
 
         let (last_log_id, last_membership) = match &state {
-            Some(state) => {
-                decode_applied(state).map_err(|e| StorageIOError::write_snapshot(None, e))?
-            }
+            Some(state) => decode_applied(state)?,
             None => (None, StoredMembership::default()),
-        };
-        let snapshot_id = match &last_log_id {
-            Some(log_id) => format!(
-                "{}-{}-{}",
-                log_id.leader_id.term,
-                log_id.index,
-                rand::random::<u32>()
-            ),
-            None => format!("empty-{}", rand::random::<u32>()),
         };
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,
-            snapshot_id,
         };
 
-        std::fs::rename(&tmp_path, self.snapshot_dir.join(SNAPSHOT_FILE))
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        write_meta(&self.snapshot_dir, &meta)
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, log_index = ?meta.last_log_id.map(|l| l.index), "built snapshot");
+        let path = self.snapshot_dir.join(SNAPSHOT_FILE);
+        std::fs::rename(&tmp_path, &path)?;
+        write_meta(&self.snapshot_dir, &meta)?;
+        tracing::info!(log_index = ?meta.last_log_id.as_ref().map(|l| l.index), "built snapshot");
 
-        let file = tokio::fs::File::open(self.snapshot_dir.join(SNAPSHOT_FILE))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: SnapshotFile::open(path).await?,
         })
     }
 }
 
-fn write_meta(dir: &Path, meta: &SnapshotMeta<RaftId, Member>) -> std::io::Result<()> {
+fn write_meta(dir: &Path, meta: &SnapshotMeta) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
     write_durably(dir, SNAPSHOT_META_FILE, |w| w.write_all(&bytes))
 }
 
-fn read_meta(dir: &Path) -> std::io::Result<Option<SnapshotMeta<RaftId, Member>>> {
+fn read_meta(dir: &Path) -> std::io::Result<Option<SnapshotMeta>> {
     let path = dir.join(SNAPSHOT_META_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -222,119 +259,65 @@ fn read_meta(dir: &Path) -> std::io::Result<Option<SnapshotMeta<RaftId, Member>>
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(&mut self) -> Result<AppliedPosition, StorageError<RaftId>> {
-        self.load_applied()
-            .await
-            .map_err(|e| StorageIOError::read_state_machine(e).into())
+    async fn applied_state(&mut self) -> io::Result<AppliedPosition> {
+        self.load_applied().await
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<RaftId>>
+    /// Applies each entry in its own catalog transaction and sends the
+    /// response to its proposer, if any, once that transaction has
+    /// committed.
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let (_, mut membership) = self
-            .load_applied()
-            .await
-            .map_err(StorageIOError::read_state_machine)?;
-        let mut responses = Vec::new();
-        for entry in entries {
-            let log_id = entry.log_id;
-            let mut clock = EntryClock {
-                log_index: log_id.index,
-                at_ms: 0,
-            };
-            let command = match entry.payload {
-                EntryPayload::Blank => None,
-                EntryPayload::Normal(request) => {
-                    clock.at_ms = request.at_ms;
-                    Some(stamp(request))
-                }
-                EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(log_id), m);
-                    None
-                }
-            };
-            let state = encode_applied(&log_id, &membership)
-                .map_err(|e| StorageIOError::apply(log_id, e))?;
-            let outcome = self
-                .catalog
-                .apply(&state, command.as_ref(), clock)
-                .await
-                .map_err(|e| StorageIOError::apply(log_id, AnyError::new(&e)))?;
-            responses.push(Response {
-                outcome: write_outcome(outcome),
-            });
+        let (_, mut membership) = self.load_applied().await?;
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let response = self.apply_entry(entry, &mut membership).await?;
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
         }
-        Ok(responses)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<tokio::fs::File>, StorageError<RaftId>> {
-        let path = self.snapshot_dir.join("receive.tmp");
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)))?;
-        Ok(Box::new(file))
-    }
-
+    /// Replaces the catalog with the snapshot's content, then keeps the
+    /// snapshot's file and metadata as the current snapshot.
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<RaftId, Member>,
-        mut snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError<RaftId>> {
-        let signature = Some(meta.signature());
-        snapshot
-            .sync_all()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
-        snapshot
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), AnyError::new(&e)))?;
-        let file = snapshot.into_std().await;
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> io::Result<()> {
+        let SnapshotFile { path, mut file } = snapshot;
+        file.sync_all().await?;
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        let file = file.into_std().await;
         self.catalog
             .import_snapshot(BufReader::new(file))
             .await
-            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), AnyError::new(&e)))?;
+            .map_err(io::Error::other)?;
 
-        std::fs::rename(
-            self.snapshot_dir.join("receive.tmp"),
-            self.snapshot_dir.join(SNAPSHOT_FILE),
-        )
-        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
-        write_meta(&self.snapshot_dir, meta)
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), AnyError::new(&e)))?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, log_index = ?meta.last_log_id.map(|l| l.index), "installed snapshot");
+        let current = self.snapshot_dir.join(SNAPSHOT_FILE);
+        if path != current {
+            std::fs::rename(&path, &current)?;
+        }
+        write_meta(&self.snapshot_dir, meta)?;
+        tracing::info!(log_index = ?meta.last_log_id.as_ref().map(|l| l.index), "installed snapshot");
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<RaftId>> {
-        let Some(meta) = read_meta(&self.snapshot_dir)
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?
-        else {
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let Some(meta) = read_meta(&self.snapshot_dir)? else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(self.snapshot_dir.join(SNAPSHOT_FILE))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        }))
+        let snapshot = SnapshotFile::open(self.snapshot_dir.join(SNAPSHOT_FILE)).await?;
+        Ok(Some(Snapshot { meta, snapshot }))
     }
 }
