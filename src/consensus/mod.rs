@@ -238,12 +238,19 @@ pub fn is_leader(raft: &DispotifyRaft) -> bool {
 }
 
 /// Initializes a new single-node cluster with this node as its only voter.
-/// Calling it on an already initialized node changes nothing.
+/// Calling it on an already initialized node changes nothing: `dispotify
+/// dev` passes `--bootstrap` to its first node on every start.
 pub async fn bootstrap(
     raft: &DispotifyRaft,
     me: RaftId,
     member: Member,
 ) -> Result<(), RaftError<TypeConfig, InitializeError<TypeConfig>>> {
+    // Asked first, because openraft logs a refused initialization as an
+    // error.
+    if raft.is_initialized().await.map_err(RaftError::Fatal)? {
+        tracing::info!(node_id = %member.name, "Raft state already initialized; --bootstrap has nothing to do");
+        return Ok(());
+    }
     let mut nodes = BTreeMap::new();
     nodes.insert(me, member);
     match raft.initialize(nodes).await {

@@ -228,6 +228,29 @@ fn range_cases(len: usize, etag: &str) -> Vec<RangeCase> {
     cases
 }
 
+/// The bootstrap node restarts with `--bootstrap` again, as `dispotify dev`
+/// does on every start: it must skip the initialization quietly instead of
+/// having openraft log a refused one as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_bootstrap_node_skips_initialization() -> Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    phase("restart node 1, which started the cluster with --bootstrap");
+    cluster.nodes[0].restart()?;
+    cluster.wait_ready(0).await?;
+    let log = std::fs::read_to_string(&cluster.nodes[0].log_path)?;
+    ensure!(
+        log.contains("Raft state already initialized"),
+        "no sign of the skipped initialization in:\n{}",
+        cluster.nodes[0].log_tail(40)
+    );
+    ensure!(
+        !log.contains("Can not initialize"),
+        "openraft refused an initialization:\n{}",
+        cluster.nodes[0].log_tail(40)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_ranges_from_non_replica() -> Result<()> {
     phase("start a 3-node cluster with R=2, so one node holds no copy of a file");
