@@ -124,7 +124,9 @@ export function UploadView() {
                 </div>
                 <progress
                   max={item.sizeBytes || 1}
-                  value={item.sentBytes}
+                  // An empty file has nothing to send; once it has an
+                  // outcome its bar is as full as any other finished one.
+                  value={item.outcome && item.sizeBytes === 0 ? 1 : item.sentBytes}
                   aria-label={t("upload.progressOf", { path: item.path })}
                 />
                 {item.outcome?.kind === "rejected" && (
