@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::support::{phase, wait_until, Cluster, ClusterOptions, TestNode};
 use super::{count_files, write_wav};
@@ -53,14 +53,9 @@ async fn acquire_lock(
     name: &str,
 ) -> Result<(u16, Value, Duration)> {
     let started = Instant::now();
-    let response = cluster
-        .http
-        .post(cluster.nodes[index].url("/cluster/locks"))
-        .json(&json!({ "name": name, "owner": "failover-test", "ttl_ms": 60_000 }))
-        .send()
+    let (status, body) = cluster
+        .lock_request(index, name, "failover-test", Duration::from_secs(60))
         .await?;
-    let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
     Ok((status, body, started.elapsed()))
 }
 
@@ -276,25 +271,6 @@ const PAUSED_HOLDER_TTL: Duration = Duration::from_secs(2);
 /// and past an election.
 const HOLDER_PAUSE: Duration = Duration::from_secs(6);
 
-/// Sends one lock request with an owner and a time to live through node
-/// `index`; returns the status and the body.
-async fn lock_request(
-    cluster: &Cluster,
-    index: usize,
-    owner: &str,
-    ttl: Duration,
-) -> Result<(u16, Value)> {
-    let body = json!({ "name": "nightly-job", "owner": owner, "ttl_ms": ttl.as_millis() as u64 });
-    let response = cluster
-        .http
-        .post(cluster.nodes[index].url("/cluster/locks"))
-        .json(&body)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or(Value::Null)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_lock_holder_loses_its_lock() -> Result<()> {
     let _one_cluster = ONE_CLUSTER_AT_A_TIME.lock().await;
@@ -303,7 +279,9 @@ async fn stopped_lock_holder_loses_its_lock() -> Result<()> {
     let other = (holder + 1) % cluster.nodes.len();
 
     phase("the leader's worker takes a short lock, then the leader is stopped");
-    let (status, granted) = lock_request(&cluster, holder, "worker-a", PAUSED_HOLDER_TTL).await?;
+    let (status, granted) = cluster
+        .lock_request(holder, "nightly-job", "worker-a", PAUSED_HOLDER_TTL)
+        .await?;
     ensure!(status == 200, "first acquire: {status} {granted}");
     let granted_at = Instant::now();
     let first_token = granted["token"].as_u64().context("token")?;
@@ -315,8 +293,9 @@ async fn stopped_lock_holder_loses_its_lock() -> Result<()> {
             granted_at.elapsed() < HOLDER_PAUSE,
             "no grant to the second worker while the holder was stopped"
         );
-        let (status, body) =
-            lock_request(&cluster, other, "worker-b", Duration::from_secs(60)).await?;
+        let (status, body) = cluster
+            .lock_request(other, "nightly-job", "worker-b", Duration::from_secs(60))
+            .await?;
         if status == 200 {
             break body;
         }

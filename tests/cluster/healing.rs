@@ -40,6 +40,15 @@ pub(super) fn blob_path(data_dir: &Path, file_id: &str) -> PathBuf {
     data_dir.join("blobs").join(&file_id[..2]).join(file_id)
 }
 
+/// Returns the index of a node in `placed` that is not `leader`.
+fn follower_replica(cluster: &Cluster, placed: &[String], leader: usize) -> Result<usize> {
+    cluster
+        .nodes
+        .iter()
+        .position(|n| placed.contains(&n.id) && n.id != cluster.nodes[leader].id)
+        .context("no follower replica")
+}
+
 fn fast_cluster(nodes: usize) -> ClusterOptions {
     cluster_with(nodes, FAST_HEALING)
 }
@@ -254,13 +263,7 @@ async fn damaged_copy_is_replaced(damage: Damage, seed: u64) -> Result<()> {
         .as_u64()
         .unwrap_or(0);
     ensure!(repaired >= 1, "leader status shows no repair: {status}");
-    let metrics = cluster
-        .http
-        .get(cluster.nodes[victim].url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = cluster.metrics_text(victim).await?;
     ensure!(
         metrics
             .lines()
@@ -290,7 +293,7 @@ async fn truncated_copy_is_quarantined_and_repaired() -> Result<()> {
 /// node to copy to, so repair cannot act, but the next leader's status must
 /// still count the files as under-replicated until the node returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_count_as_under_replicated_while_a_node_is_gone() -> Result<()> {
+async fn under_replicated_count_while_node_gone() -> Result<()> {
     phase("upload to a 3-node cluster with R=3");
     let mut cluster = Cluster::start(fast_cluster(3)).await?;
     let dir = tempfile::tempdir()?;
@@ -451,11 +454,7 @@ async fn node_down_past_grace_is_replaced_then_restored() -> Result<()> {
         .position(|n| !placed.contains(&n.id))
         .context("no spare node")?;
     let leader = cluster.leader_index().await?;
-    let victim = cluster
-        .nodes
-        .iter()
-        .position(|n| placed.contains(&n.id) && n.id != cluster.nodes[leader].id)
-        .context("no follower replica")?;
+    let victim = follower_replica(&cluster, &placed, leader)?;
 
     phase(&format!(
         "SIGKILL node {}; after the grace period node {} gets a copy",
@@ -523,11 +522,7 @@ async fn repair_copy_reports_its_progress() -> Result<()> {
     let (file_id, _) = upload_wav(&cluster, dir.path(), 8 * 1024 * 1024, 17).await?;
     let placed = wait_for_replicas(&cluster, &file_id, 3).await?;
     let leader = cluster.leader_index().await?;
-    let victim = cluster
-        .nodes
-        .iter()
-        .position(|n| placed.contains(&n.id) && n.id != cluster.nodes[leader].id)
-        .context("no follower replica")?;
+    let victim = follower_replica(&cluster, &placed, leader)?;
 
     phase("SIGKILL a replica; the leader's status shows the copy's bytes grow");
     cluster.nodes[victim].kill();

@@ -341,24 +341,12 @@ async fn stream_ranges_from_non_replica() -> Result<()> {
     );
 
     phase("metrics count the remote streams and the upload");
-    let metrics = cluster
-        .http
-        .get(cluster.nodes[remote_index].url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = cluster.metrics_text(remote_index).await?;
     ensure!(
         metrics.contains("dispotify_streams_total{outcome=\"remote\"}"),
         "{metrics}"
     );
-    let uploader_metrics = cluster
-        .http
-        .get(cluster.nodes[0].url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let uploader_metrics = cluster.metrics_text(0).await?;
     ensure!(
         uploader_metrics.contains("dispotify_uploads_total{outcome=\"created\"} 1"),
         "{uploader_metrics}"

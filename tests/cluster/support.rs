@@ -348,21 +348,46 @@ impl Cluster {
         Ok((status, body))
     }
 
-    /// Reads the value of the unlabelled Prometheus sample `name` from node
-    /// `index`'s `/metrics`.
-    pub async fn metric(&self, index: usize, name: &str) -> Result<f64> {
-        let text = self
+    /// Fetches node `index`'s `/metrics` page in the Prometheus text format.
+    pub async fn metrics_text(&self, index: usize) -> Result<String> {
+        let response = self
             .http
             .get(self.nodes[index].url("/metrics"))
             .send()
-            .await?
-            .text()
             .await?;
+        Ok(response.text().await?)
+    }
+
+    /// Reads the value of the unlabelled Prometheus sample `name` from node
+    /// `index`'s `/metrics`.
+    pub async fn metric(&self, index: usize, name: &str) -> Result<f64> {
+        let text = self.metrics_text(index).await?;
         let value = text
             .lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
             .with_context(|| format!("no sample {name} in /metrics"))?;
         Ok(value.trim().parse()?)
+    }
+
+    /// Requests lock `name` for `owner` through node `index`; returns the
+    /// status and the JSON body.
+    pub async fn lock_request(
+        &self,
+        index: usize,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(u16, Value)> {
+        let body =
+            serde_json::json!({ "name": name, "owner": owner, "ttl_ms": ttl.as_millis() as u64 });
+        let response = self
+            .http
+            .post(self.nodes[index].url("/cluster/locks"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// Streams a whole file from node `index`.

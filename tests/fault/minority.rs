@@ -8,16 +8,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::harness::{FaultCluster, POLL_INTERVAL};
 use crate::support::{count_files, phase};
 use crate::workload::FileSpec;
 
-/// How long the small side may take to refuse a write once it is cut off:
-/// the leader's last acknowledgement must age past the 1.2 s maximum
-/// election timeout and the follower's view of it is at most 0.5 s old;
-/// the rest is room for a loaded machine.
+/// How long the small side may take to reject a write once it is cut off.
+/// The leader's last acknowledgement must age past its limit, and the
+/// follower's view of it is at most 0.5 s old. The rest is room for a
+/// loaded machine.
 const REJECTION_LIMIT: Duration = Duration::from_secs(4);
 
 /// How long the large side may take to elect a leader and commit.
@@ -26,23 +26,18 @@ const MAJORITY_WRITE_LIMIT: Duration = Duration::from_secs(15);
 /// How long the cluster may take to agree again after the partition heals.
 const HEAL_LIMIT: Duration = Duration::from_secs(30);
 
-/// Sends a lock request, a Raft write with no file, through `node`;
-/// returns the status, the body and how long the answer took.
+/// Sends a lock request, a Raft write with no file, through `node`, and
+/// returns the status, the body and how long the response took.
 async fn lock_through(
     fault: &FaultCluster,
     node: usize,
     owner: &str,
 ) -> Result<(u16, Value, Duration)> {
     let started = Instant::now();
-    let response = fault
+    let (status, body) = fault
         .cluster
-        .http
-        .post(fault.cluster.nodes[node].url("/cluster/locks"))
-        .json(&json!({ "name": "minority", "owner": owner, "ttl_ms": 1 }))
-        .send()
+        .lock_request(node, "minority", owner, Duration::from_millis(1))
         .await?;
-    let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
     Ok((status, body, started.elapsed()))
 }
 

@@ -567,6 +567,8 @@ impl Run {
         let successor = others[self.rng.gen_range(0..others.len())];
         let name = format!("fault-lock-{}", self.faults.len());
         let (status, first) = self
+            .fc
+            .cluster
             .lock_request(holder, &name, "stopped-holder", LOCK_HOLDER_TTL)
             .await?;
         anyhow::ensure!(status == 200, "first acquire answered {status}: {first}");
@@ -582,6 +584,8 @@ impl Run {
         };
         let second = loop {
             let (status, body) = self
+                .fc
+                .cluster
                 .lock_request(successor, &name, "successor", LOCK_SUCCESSOR_TTL)
                 .await?;
             if status == 200 {
@@ -649,29 +653,6 @@ impl Run {
             ),
             failover,
         ))
-    }
-
-    /// Asks node `node` for lock `name` under `owner`; returns the status
-    /// and the JSON body.
-    async fn lock_request(
-        &self,
-        node: usize,
-        name: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<(u16, serde_json::Value)> {
-        let body =
-            serde_json::json!({ "name": name, "owner": owner, "ttl_ms": ttl.as_millis() as u64 });
-        let response = self
-            .fc
-            .cluster
-            .http
-            .post(self.fc.cluster.nodes[node].url("/cluster/locks"))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        Ok((status, response.json().await.unwrap_or_default()))
     }
 
     async fn lock_release(
