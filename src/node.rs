@@ -79,8 +79,8 @@ pub struct Node {
     pub leader_contact: LeaderContact,
     /// The last quorum check's result, reused for a short while.
     pub quorum_probe: tokio::sync::Mutex<Option<QuorumProbe>>,
-    /// Which leader a follower last asked whether a majority acknowledges
-    /// it, when, and the leader's silence from the majority then.
+    /// The follower's last probe of its leader's quorum: the leader, the
+    /// time, and how long the majority had been silent.
     pub leader_quorum_probe: tokio::sync::Mutex<Option<LeaderQuorumProbe>>,
     pub shutdown: CancellationToken,
     /// Flag set when this node serves incoming RPCs. A node that started

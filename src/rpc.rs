@@ -86,8 +86,8 @@ pub trait NodeRpc {
         request: VoteRequest<TypeConfig>,
     ) -> Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>;
 
-    /// Stores one chunk of a snapshot from the leader. The answer to the
-    /// last chunk is the response of the installed snapshot.
+    /// Stores one chunk of a snapshot from the leader. The response to the
+    /// last chunk is that of the installed snapshot.
     async fn raft_snapshot(
         chunk: SnapshotChunk,
     ) -> Result<Option<SnapshotResponse<TypeConfig>>, SnapshotChunkError>;

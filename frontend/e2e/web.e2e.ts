@@ -22,12 +22,12 @@ const TONE_SECONDS = 60;
 const STEP_TIMEOUT_MS = 20_000;
 
 /**
- * Script run in the page before the app: every node the app connects to
- * the speakers also feeds a recorder on the audio thread, which reports
- * for each block of 2048 samples the tone's frequency (from rising zero
- * crossings; -1 when more than a few samples are silent) and keeps the longest
- * silence between two sounds. Kept as a string so the page gets it
- * exactly as written.
+ * Script run in the page before the app. Every node the app connects to
+ * the speakers also feeds a recorder on the audio thread. For each block
+ * of 2048 samples, the recorder reports the tone's frequency from rising
+ * zero crossings, or -1 when more than a few samples are silent. It also
+ * keeps the longest silence between two sounds. The script is a string so
+ * the page gets it exactly as written.
  */
 const OUTPUT_TAP = `
 (() => {
@@ -35,7 +35,7 @@ const OUTPUT_TAP = `
     class Recorder extends AudioWorkletProcessor {
       constructor() {
         super();
-        this.heard = false;
+        this.soundSeen = false;
         this.silence = 0;
         this.longestGap = 0;
         this.longestGapEnd = 0;
@@ -50,14 +50,14 @@ const OUTPUT_TAP = `
         if (!samples) return true;
         for (const sample of samples) {
           if (Math.abs(sample) > 1e-4) {
-            if (this.heard && this.silence > this.longestGap) {
+            if (this.soundSeen && this.silence > this.longestGap) {
               this.longestGap = this.silence;
               this.longestGapEnd = this.blocks * 2048 + this.count;
             }
-            this.heard = true;
+            this.soundSeen = true;
             this.silence = 0;
             this.loud += 1;
-          } else if (this.heard) {
+          } else if (this.soundSeen) {
             this.silence += 1;
           }
           if (this.previous < 0 && sample >= 0) this.crossings += 1;
@@ -339,15 +339,15 @@ describe("web app", () => {
     const secondToneBlocks = (t: Tap | null) => (t ? t.blocks.filter((hz) => Math.abs(hz - 660) < 40).length : 0);
     await expect.poll(async () => secondToneBlocks(await tap()), { timeout: STEP_TIMEOUT_MS }).toBeGreaterThan(40);
     // The album then plays to its end.
-    const heard = (await tap())!;
+    const recorded = (await tap())!;
 
-    const first = heard.blocks.map((hz, at) => ({ hz, at })).filter(({ hz }) => Math.abs(hz - 440) < 40);
-    const second = heard.blocks.map((hz, at) => ({ hz, at })).filter(({ hz }) => Math.abs(hz - 660) < 40);
-    const gapMs = (heard.longestGap / heard.sampleRate) * 1000;
+    const first = recorded.blocks.map((hz, at) => ({ hz, at })).filter(({ hz }) => Math.abs(hz - 440) < 40);
+    const second = recorded.blocks.map((hz, at) => ({ hz, at })).filter(({ hz }) => Math.abs(hz - 660) < 40);
+    const gapMs = (recorded.longestGap / recorded.sampleRate) * 1000;
     log(
       `decoded output: ${first.length} blocks at 440 Hz, then ${second.length} at 660 Hz; ` +
-        `longest silence between sounds ${heard.longestGap} samples (${gapMs.toFixed(2)} ms), ` +
-        `ending in block ${Math.floor(heard.longestGapEnd / 2048)}`,
+        `longest silence between sounds ${recorded.longestGap} samples (${gapMs.toFixed(2)} ms), ` +
+        `ending in block ${Math.floor(recorded.longestGapEnd / 2048)}`,
     );
     // The end of the first track went through the context, then the second.
     expect(first.length).toBeGreaterThan(10);

@@ -1,8 +1,8 @@
-// How the cluster view words a node's scrub progress.
+// The phase of a node's scrub, which picks the cluster view's sentence.
 
 import type { ScrubStatus } from "./api";
 
-/** Which sentence describes the scrub, and whether a bar goes with it. */
+/** Phase of a scrub, with the counts its sentence shows. */
 export type ScrubPhase =
   /** No pass has started since the node started. */
   | { kind: "waiting" }

@@ -88,8 +88,8 @@ pub fn router(node: Arc<Node>) -> Router {
         ))
         // Handlers log the failures worth a warning or an error with their
         // context (a 503 no_quorum, a failed copy). The trace layer's own
-        // line for every 5xx stays at debug: a node answering /ready with
-        // 503 while it starts is not an error.
+        // line for every 5xx stays at debug, because a starting node that
+        // returns 503 from /ready is not an error.
         .layer(
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),

@@ -139,7 +139,7 @@ struct DialError {
     detail: String,
 }
 
-/// Why a Raft RPC to a peer returned no answer.
+/// Reason a Raft RPC to a peer returned no response.
 #[derive(Debug)]
 enum CallError {
     /// The peer could not be dialed.

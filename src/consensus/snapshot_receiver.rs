@@ -1,6 +1,6 @@
 //! The receiving end of a snapshot sent by the leader.
 //!
-//! openraft hands the leader's network a whole snapshot file; the network
+//! openraft hands the leader's network a whole snapshot file. The network
 //! sends it as a series of [`SnapshotChunk`] RPCs, in order, the last one
 //! marked `done`. The follower writes the chunks to one file under its
 //! snapshot directory and, after the last one, gives the file to openraft,
@@ -25,7 +25,7 @@ pub struct SnapshotChunk {
     /// The leader's vote, checked by openraft when the snapshot is
     /// installed.
     pub vote: Vote,
-    /// What the whole snapshot covers; the same in every chunk.
+    /// Metadata of the whole snapshot, the same in every chunk.
     pub meta: SnapshotMeta,
     /// Position of `data` in the snapshot file.
     pub offset: u64,
@@ -34,7 +34,7 @@ pub struct SnapshotChunk {
     pub done: bool,
 }
 
-/// Why a follower refused a snapshot chunk.
+/// Reason a follower rejected a snapshot chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotChunkError {

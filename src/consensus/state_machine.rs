@@ -26,7 +26,7 @@ type AppliedPosition = (Option<LogId>, StoredMembership);
 
 const SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_META_FILE: &str = "current.meta";
-/// Where a snapshot received from the leader is written until it is
+/// File name of a snapshot received from the leader, until it is
 /// installed.
 const RECEIVE_FILE: &str = "receive.tmp";
 
@@ -63,8 +63,8 @@ impl StateMachine {
         })
     }
 
-    /// Where a snapshot received from the leader is written before
-    /// openraft installs it.
+    /// Returns the path a snapshot received from the leader is written to
+    /// before openraft installs it.
     pub fn receive_path(&self) -> PathBuf {
         self.snapshot_dir.join(RECEIVE_FILE)
     }

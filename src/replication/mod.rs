@@ -114,7 +114,7 @@ impl Upkeep {
         self.update_repair(|s| s.clone())
     }
 
-    /// The repair status with the progress of each active copy filled in:
+    /// Returns the repair status with the progress of each active copy,
     /// from this node's own count when it sends the copy, else from the
     /// sender's last health-check reply.
     pub fn repair_with_progress(&self, own_id: &str) -> RepairStatus {

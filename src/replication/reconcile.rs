@@ -3,8 +3,8 @@
 //! catalog assigns to this node but missing on disk is fetched from another
 //! replica, or reported missing when no replica can send it; a blob no
 //! committed track assigns to this node is deleted once older than the
-//! orphan grace period. A read that finds an assigned copy missing asks
-//! for a pass before the next period.
+//! orphan grace period. A read that finds an assigned copy missing
+//! requests a pass before the next period.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -63,7 +63,7 @@ describe("decoded playback", () => {
     expect(plan!.offset).toBeCloseTo(20 + SWITCH_LEAD_SECONDS);
   });
 
-  it("leaves the element playing near the end, at another speed or with no position", () => {
+  it("skips the move near the end, at other rates and without a position", () => {
     const late = 180 - SWITCH_LEAD_SECONDS - SWITCH_MIN_REMAINING_SECONDS + 0.01;
     expect(switchPlan(late, 1, 5, 180)).toBeNull();
     expect(switchPlan(20, 1.5, 5, 180)).toBeNull();

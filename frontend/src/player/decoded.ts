@@ -1,7 +1,7 @@
 // Decoded playback, for gapless album runs. When the next track in the
 // queue directly follows the current one on an album, both files are
 // fetched whole, decoded with Web Audio and started back to back on the
-// AudioContext clock: the next track's first sample is scheduled for the
+// AudioContext clock. The next track's first sample is scheduled for the
 // instant the current track's last sample ends. An <audio> element still
 // starts each run, because it plays before the file has fully arrived;
 // the engine moves the track to its decoded copy, with a short crossfade,
@@ -28,7 +28,7 @@ export const SWITCH_FADE_SECONDS = 0.04;
  */
 export const SWITCH_MIN_REMAINING_SECONDS = 0.5;
 
-/** Whether `track` is short enough, and of known length, to be decoded. */
+/** Returns whether `track` has a known length short enough to decode. */
 export function fitsDecoding(track: Track): boolean {
   const ms = track.tags.duration_ms;
   return ms !== null && ms !== undefined && ms > 0 && ms <= GAPLESS_MAX_DECODED_SECONDS * 1000;
@@ -60,7 +60,7 @@ export function switchPlan(elementSeconds: number, rate: number, now: number, du
   return { startAt: now + SWITCH_LEAD_SECONDS, offset };
 }
 
-/** What the cache knows of one file. */
+/** State of one file in the cache. */
 export type DecodeStatus = "pending" | "ready" | "failed" | "absent";
 
 /** The part of an AudioContext the cache needs. */

@@ -1,8 +1,8 @@
-// The audio engine: two <audio> elements, one playing and one loading the
-// next track; decoded playback on an AudioContext for gapless album runs
-// (see decoded.ts); and failover of the stream to another node at the same
-// position when the current node stops responding. React components read
-// its state through `subscribe`.
+// The audio engine. Two <audio> elements play the current track and load
+// the next one. Gapless album runs play decoded on an AudioContext (see
+// decoded.ts). When the streaming node stops responding, the stream moves
+// to another node at the same position. React components read the state
+// through `subscribe`.
 
 import { streamUrl, type Track } from "../api";
 import {
@@ -318,7 +318,8 @@ export class PlayerEngine {
 
   /**
    * Starts track `index`: from its decoded copy when one is ready, else
-   * from the prefetched element when that holds it, else from a new source.
+   * from the prefetched element when it has loaded that track, else from a
+   * new source.
    */
   private load(index: number, autoplay: boolean): void {
     const track = this.state.queue[index];
@@ -377,8 +378,8 @@ export class PlayerEngine {
   /**
    * Loads the next track into the standby element, per [`prefetchPlan`],
    * and the decoded copies of a gapless pair. While the next track is being
-   * decoded, the element only checks its metadata, so the file is not
-   * downloaded twice; it buffers it in full when decoding is not possible.
+   * decoded, the element loads only its metadata, so the file is not
+   * downloaded twice. When decoding fails, the element buffers it in full.
    */
   private prefetch(): void {
     this.prepareDecoded();
@@ -430,7 +431,7 @@ export class PlayerEngine {
 
   // --- Decoded playback ---
 
-  /** The context, created on first use; null where Web Audio is missing. */
+  /** Returns the context, created on first use, or null without Web Audio. */
   private audioContext(): AudioContext | null {
     if (this.context) return this.context;
     try {
@@ -464,21 +465,21 @@ export class PlayerEngine {
     const pair = current && plan?.preload === "auto" && fitsDecoding(current) && fitsDecoding(queue[plan.index]);
     const context = pair ? this.audioContext() : this.context;
     if (!context) return;
-    const wanted = new Set<string>();
-    if (this.voice) wanted.add(this.voice.fileId);
-    if (this.queued) wanted.add(this.queued.fileId);
+    const keep = new Set<string>();
+    if (this.voice) keep.add(this.voice.fileId);
+    if (this.queued) keep.add(this.queued.fileId);
     if (pair && plan) {
-      wanted.add(current.file_id);
-      wanted.add(plan.fileId);
+      keep.add(current.file_id);
+      keep.add(plan.fileId);
     }
     if (this.queued && (!plan || plan.preload !== "auto" || plan.fileId !== this.queued.fileId)) {
       // The queue changed under the scheduled track.
-      wanted.delete(this.queued.fileId);
+      keep.delete(this.queued.fileId);
       this.stopVoice(this.queued);
       this.queued = null;
     }
-    this.decodes.keepOnly(wanted);
-    for (const fileId of wanted) {
+    this.decodes.keepOnly(keep);
+    for (const fileId of keep) {
       const track = queue.find((item) => item.file_id === fileId);
       if (!track) continue;
       const url = streamUrl(fileId, this.pickOrigin(track));
@@ -578,7 +579,7 @@ export class PlayerEngine {
     if (this.context?.state === "running") void this.context.suspend();
   }
 
-  /** The current decoded track reached its end. */
+  /** Moves on when the current decoded track reaches its end. */
   private voiceEnded(voice: Voice): void {
     if (voice.stopped || voice !== this.voice) return;
     voice.stopped = true;
