@@ -40,8 +40,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 /// off.
 const MIN_QUORUM_SILENCE: Duration = Duration::from_secs(1);
 
-/// How far the state machine may trail the local log for the node to count
-/// as caught up.
+/// How far the state machine may trail the commit index the leader last
+/// reported for the node to count as caught up.
 const READY_MAX_APPLY_LAG: u64 = 16;
 
 /// Capacity of the in-process event channel; a subscriber that falls this
@@ -354,7 +354,11 @@ pub fn is_ready(node: &Node) -> bool {
 }
 
 /// Tells whether this node is a member, has a known leader and has applied
-/// its log.
+/// what that leader reports as committed.
+///
+/// The local log is not compared: after a restart it contains only the
+/// entries the node had, and the missing ones arrive in batches, so the
+/// node would look caught up between two batches.
 pub fn is_caught_up(node: &Node) -> bool {
     let metrics = node.raft.metrics().borrow_watched().clone();
     let joined = metrics
@@ -362,11 +366,14 @@ pub fn is_caught_up(node: &Node) -> bool {
         .membership()
         .get_node(&node.raft_id)
         .is_some();
+    // None until a leader has sent its commit index since the node started.
+    let Some(committed) = metrics.cluster_committed else {
+        return false;
+    };
     let applied = metrics.last_applied.map_or(0, |l| l.index);
-    let logged = metrics.last_log_index.unwrap_or(0);
     joined
         && metrics.current_leader.is_some()
-        && logged.saturating_sub(applied) <= READY_MAX_APPLY_LAG
+        && committed.index.saturating_sub(applied) <= READY_MAX_APPLY_LAG
 }
 
 /// Opens a control RPC client to `member`.

@@ -251,6 +251,87 @@ async fn restarted_bootstrap_node_skips_initialization() -> Result<()> {
     Ok(())
 }
 
+/// A restarted node used to report ready while the leader still had entries
+/// it had not received, then not ready again when they arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_ready_after_catch_up() -> Result<()> {
+    use futures::stream::{self, StreamExt};
+
+    const ENTRIES_MISSED: usize = 600;
+    const CONCURRENT_REQUESTS: usize = 16;
+    // The node's own tolerance, READY_MAX_APPLY_LAG in src/node.rs.
+    const APPLY_LAG_ALLOWED: u64 = 16;
+    const WATCH_AFTER_READY: Duration = Duration::from_secs(2);
+
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let leader = cluster.leader_index().await?;
+    let victim = (leader + 1) % cluster.nodes.len();
+
+    phase(&format!(
+        "stop node {} and commit {ENTRIES_MISSED} lock entries without it",
+        victim + 1
+    ));
+    cluster.nodes[victim].kill();
+    let cluster_ref = &cluster;
+    let refused: Vec<String> = stream::iter(0..ENTRIES_MISSED)
+        .map(|n| async move {
+            let name = format!("catch-up-{n}");
+            match cluster_ref
+                .lock_request(leader, &name, "catch-up-test", Duration::from_secs(600))
+                .await
+            {
+                Ok((200, _)) => None,
+                Ok((status, body)) => Some(format!("{name}: {status} {body}")),
+                Err(error) => Some(format!("{name}: {error:#}")),
+            }
+        })
+        .buffer_unordered(CONCURRENT_REQUESTS)
+        .filter_map(|refusal| async move { refusal })
+        .collect()
+        .await;
+    ensure!(refused.is_empty(), "lock requests refused: {refused:?}");
+    let committed = cluster.status(leader).await?["last_applied_index"]
+        .as_u64()
+        .context("leader's last_applied_index")?;
+
+    phase("restart it and watch its status from the first answer");
+    cluster.nodes[victim].restart()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ready_at = loop {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "node {} never became ready:\n{}",
+            victim + 1,
+            cluster.nodes[victim].log_tail(40)
+        );
+        if let Ok(status) = cluster.status(victim).await {
+            if status["ready"] == true {
+                let applied = status["last_applied_index"].as_u64().unwrap_or(0);
+                ensure!(
+                    applied + APPLY_LAG_ALLOWED >= committed,
+                    "node {} reported ready at applied index {applied}, \
+                     but the leader had committed {committed} before it restarted",
+                    victim + 1
+                );
+                break std::time::Instant::now();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+
+    phase("once ready, it stays ready while nothing fails");
+    while ready_at.elapsed() < WATCH_AFTER_READY {
+        let status = cluster.status(victim).await?;
+        ensure!(
+            status["ready"] == true,
+            "node {} went back to not ready: {status}",
+            victim + 1
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_ranges_from_non_replica() -> Result<()> {
     phase("start a 3-node cluster with R=2, so one node holds no copy of a file");
