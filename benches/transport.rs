@@ -5,17 +5,25 @@
 //! node "a" to node "b" on 127.0.0.1, and criterion reports it as bytes per
 //! second (`thrpt`), so the groups compare directly:
 //!
-//! - `raw_quinn/1_stream`: one quinn stream with mutual TLS, written with
-//!   `write_all_chunks`, no framing; the reference for the next group.
+//! - `raw_quinn/1_stream`: one quinn stream with mutual TLS and quinn's
+//!   default configuration, written with `write_all_chunks`, no framing.
+//! - `raw_quinn/1_stream_node_datagrams`: the same with the node's datagram
+//!   settings (`max_udp_payload`, `socket_buffer_bytes`), so it differs from
+//!   the transport's path by the framing alone.
 //! - `bulk_frames/{1,4,8}_streams`: the transport's own path: the cached bulk
 //!   connection, `StreamKind::Bulk` streams, `write_chunk_frame` /
 //!   `read_chunk_frame` with 1 MiB chunks, the 64 MiB split evenly over the
 //!   streams, all streams in parallel.
+//! - `bulk_frames/8_streams_quinn_datagrams`: the same path with 8 streams
+//!   and path MTU discovery capped at 1452 bytes, quinn's default, as the
+//!   transport was before its datagram settings.
 //! - `tcp/plain` and `tcp/tls13`: one TCP connection per iteration, without
 //!   and with TLS 1.3 (tokio-rustls, mutual TLS with the same certificates),
 //!   as what a TCP-based transport would get on the same machine.
 //!
-//! After the criterion groups the bench prints a table of ping RPC round
+//! After the criterion group the bench prints, for each bulk connection,
+//! the packet size path MTU discovery reached and the packets sent and lost.
+//! Then it prints a table of ping RPC round
 //! trips in milliseconds. Each call is `Ping::ping` through
 //! `Endpoint::rpc_transport`, on its own QUIC stream, stream opening
 //! included. The columns are p50, p99 and max over [`PING_SAMPLES`]
@@ -46,8 +54,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use dispotify_certs::NodeCertRequest;
 use dispotify_transport::{
-    read_chunk_frame, read_header, serve_tarpc_stream, write_chunk_frame, write_header, BoxFuture,
-    Endpoint, IncomingHandler, PeerId, StreamKind, TlsIdentity, TransportConfig,
+    bind_udp_socket, read_chunk_frame, read_header, serve_tarpc_stream, write_chunk_frame,
+    write_header, BoxFuture, Endpoint, IncomingHandler, PeerId, StreamKind, TlsIdentity,
+    TransportConfig,
 };
 use quinn::{RecvStream, SendStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -77,6 +86,9 @@ const SHARED_CONNECTION_STREAM_COUNTS: [usize; 2] = [4, 8];
 
 /// Bytes each background bulk stream sends before the next one starts.
 const LOAD_STREAM_BYTES: usize = 16 * 1024 * 1024;
+
+/// quinn's default upper bound of path MTU discovery, for the baseline rows.
+const QUINN_DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
 
 /// Bytes in a mebibyte, for the rates the bench prints.
 const MIB: f64 = 1024.0 * 1024.0;
@@ -246,8 +258,7 @@ struct Nodes {
     b: Endpoint,
 }
 
-fn start_nodes(certs: &Certificates) -> anyhow::Result<Nodes> {
-    let config = TransportConfig::default();
+fn start_nodes(certs: &Certificates, config: TransportConfig) -> anyhow::Result<Nodes> {
     let max_rpc_frame_bytes = config.max_rpc_frame_bytes;
     let a = Endpoint::bind(
         loopback(),
@@ -320,14 +331,47 @@ struct RawQuinn {
     connection: quinn::Connection,
 }
 
-async fn start_raw_quinn(certs: &Certificates) -> anyhow::Result<RawQuinn> {
+/// Starts a raw quinn pair with quinn's defaults, or with the datagram
+/// settings of `node_datagrams` when given.
+async fn start_raw_quinn(
+    certs: &Certificates,
+    node_datagrams: Option<&TransportConfig>,
+) -> anyhow::Result<RawQuinn> {
     const ALPN: &[u8] = b"bench-raw";
     let server_tls = rustls_server(load_raw_identity(&certs.b_dir)?, ALPN)?;
     let client_tls = rustls_client(load_raw_identity(&certs.a_dir)?, ALPN)?;
-    let server_config = quinn::ServerConfig::with_crypto(Arc::new(
+    let mut transport = quinn::TransportConfig::default();
+    if let Some(config) = node_datagrams {
+        let mut discovery = quinn::MtuDiscoveryConfig::default();
+        discovery.upper_bound(config.max_udp_payload);
+        transport.mtu_discovery_config(Some(discovery));
+    }
+    let transport = Arc::new(transport);
+    let raw_endpoint =
+        |server_config: Option<quinn::ServerConfig>| -> anyhow::Result<quinn::Endpoint> {
+            let Some(config) = node_datagrams else {
+                return Ok(match server_config {
+                    Some(server_config) => quinn::Endpoint::server(server_config, loopback())?,
+                    None => quinn::Endpoint::client(loopback())?,
+                });
+            };
+            let mut endpoint_config = quinn::EndpointConfig::default();
+            endpoint_config.max_udp_payload_size(config.max_udp_payload)?;
+            let runtime = quinn::default_runtime().context("no tokio runtime")?;
+            let socket = bind_udp_socket(loopback(), config)?;
+            Ok(quinn::Endpoint::new(
+                endpoint_config,
+                server_config,
+                socket,
+                runtime,
+            )?)
+        };
+
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?,
     ));
-    let server = quinn::Endpoint::server(server_config, loopback())?;
+    server_config.transport_config(transport.clone());
+    let server = raw_endpoint(Some(server_config))?;
     let server_addr = server.local_addr()?;
 
     let accepting = server.clone();
@@ -352,10 +396,12 @@ async fn start_raw_quinn(certs: &Certificates) -> anyhow::Result<RawQuinn> {
         }
     });
 
-    let mut client = quinn::Endpoint::client(loopback())?;
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+    let mut client = raw_endpoint(None)?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?,
-    )));
+    ));
+    client_config.transport_config(transport);
+    client.set_default_client_config(client_config);
     let connection = client.connect(server_addr, "localhost")?.await?;
     Ok(RawQuinn {
         _server: server,
@@ -485,12 +531,27 @@ fn throughput(c: &mut Criterion) {
     let certs = Certificates::create().expect("bench certificates");
     let chunks = payload_chunks();
 
+    let node_config = TransportConfig::default();
     let nodes = runtime
-        .block_on(async { start_nodes(&certs) })
+        .block_on(async { start_nodes(&certs, node_config.clone()) })
         .expect("transport endpoints");
+    let quinn_datagram_nodes = runtime
+        .block_on(async {
+            start_nodes(
+                &certs,
+                TransportConfig {
+                    max_udp_payload: QUINN_DEFAULT_MAX_UDP_PAYLOAD,
+                    ..node_config.clone()
+                },
+            )
+        })
+        .expect("transport endpoints with quinn's datagram bound");
     let raw = runtime
-        .block_on(start_raw_quinn(&certs))
+        .block_on(start_raw_quinn(&certs, None))
         .expect("raw quinn endpoints");
+    let raw_node_datagrams = runtime
+        .block_on(start_raw_quinn(&certs, Some(&node_config)))
+        .expect("raw quinn endpoints with the node's datagram settings");
     let tcp_addr = runtime
         .block_on(start_tcp_server(None))
         .expect("tcp server");
@@ -517,6 +578,13 @@ fn throughput(c: &mut Criterion) {
             time_transfers(&runtime, iterations, || raw_quinn_transfer(&raw, &chunks))
         })
     });
+    group.bench_function("raw_quinn/1_stream_node_datagrams", |bencher| {
+        bencher.iter_custom(|iterations| {
+            time_transfers(&runtime, iterations, || {
+                raw_quinn_transfer(&raw_node_datagrams, &chunks)
+            })
+        })
+    });
     for streams in BULK_STREAM_COUNTS {
         group.bench_function(format!("bulk_frames/{streams}_streams"), |bencher| {
             bencher.iter_custom(|iterations| {
@@ -526,6 +594,13 @@ fn throughput(c: &mut Criterion) {
             })
         });
     }
+    group.bench_function("bulk_frames/8_streams_quinn_datagrams", |bencher| {
+        bencher.iter_custom(|iterations| {
+            time_transfers(&runtime, iterations, || {
+                parallel_bulk(&quinn_datagram_nodes, &chunks, 8)
+            })
+        })
+    });
     group.bench_function("tcp/plain", |bencher| {
         bencher.iter_custom(|iterations| {
             time_transfers(&runtime, iterations, || tcp_transfer(tcp_addr, &chunks))
@@ -541,10 +616,46 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 
     runtime
+        .block_on(datagram_table(&[
+            ("bulk_frames (node settings)", &nodes),
+            ("bulk_frames (quinn's bound)", &quinn_datagram_nodes),
+        ]))
+        .expect("datagram statistics");
+    runtime
         .block_on(ping_latency_table(&nodes))
         .expect("ping latency measurement");
-    nodes.a.close();
-    nodes.b.close();
+    for pair in [&nodes, &quinn_datagram_nodes] {
+        pair.a.close();
+        pair.b.close();
+    }
+}
+
+/// Prints, for node a's bulk connection of each pair, the packet size that
+/// path MTU discovery reached and the packets sent and declared lost over
+/// the throughput rows.
+async fn datagram_table(pairs: &[(&str, &Nodes)]) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "{:<30} {:>8} {:>12} {:>8} {:>11} {:>11}",
+        "bulk connection", "MTU", "packets", "lost", "congestion", "black holes"
+    );
+    for (label, nodes) in pairs {
+        let connection = nodes
+            .a
+            .connection_for("b", nodes.b.local_addr(), StreamKind::Bulk)
+            .await?;
+        let path = connection.stats().path;
+        println!(
+            "{:<30} {:>8} {:>12} {:>8} {:>11} {:>11}",
+            label,
+            path.current_mtu,
+            path.sent_packets,
+            path.lost_packets,
+            path.congestion_events,
+            path.black_holes_detected
+        );
+    }
+    Ok(())
 }
 
 /// Makes one ping RPC on its own stream, as the node does, and returns its

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use dispotify_transport::{TransportConfig, TransportError};
+
 use crate::consensus::RaftSettings;
 use crate::model::NodeId;
 
@@ -172,6 +174,9 @@ pub struct FileConfig {
     pub scrub_pass_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub orphan_grace: Option<Duration>,
+    pub quic_max_udp_payload: Option<u16>,
+    pub quic_socket_buffer_bytes: Option<usize>,
+    pub quic_receive_window_bytes: Option<u32>,
 }
 
 /// A validated node configuration.
@@ -196,6 +201,8 @@ pub struct NodeConfig {
     pub peer_cache_ttl: Duration,
     pub raft: RaftSettings,
     pub repair: RepairSettings,
+    /// QUIC endpoint settings; the timeouts keep the transport's defaults.
+    pub transport: TransportConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +410,31 @@ impl NodeConfig {
                 reason: "must be longer than 0".to_string(),
             });
         }
+        let transport_defaults = TransportConfig::default();
+        let transport = TransportConfig {
+            max_udp_payload: file
+                .quic_max_udp_payload
+                .unwrap_or(transport_defaults.max_udp_payload),
+            socket_buffer_bytes: file
+                .quic_socket_buffer_bytes
+                .unwrap_or(transport_defaults.socket_buffer_bytes),
+            receive_window_bytes: file
+                .quic_receive_window_bytes
+                .unwrap_or(transport_defaults.receive_window_bytes),
+            ..transport_defaults
+        };
+        if let Err(TransportError::InvalidConfig { field, problem }) = transport.validate() {
+            let name = match field {
+                "max_udp_payload" => "quic_max_udp_payload",
+                "socket_buffer_bytes" => "quic_socket_buffer_bytes",
+                "receive_window_bytes" => "quic_receive_window_bytes",
+                other => other,
+            };
+            return Err(ConfigError::Invalid {
+                name,
+                reason: problem.to_string(),
+            });
+        }
         Ok(NodeConfig {
             id,
             data_dir,
@@ -425,6 +457,7 @@ impl NodeConfig {
             peer_cache_ttl: file.peer_cache_ttl.unwrap_or(DEFAULT_PEER_CACHE_TTL),
             raft,
             repair,
+            transport,
         })
     }
 }
@@ -558,5 +591,34 @@ mod tests {
         let mut args = minimal();
         args.seeds = Some(vec!["no-port".into()]);
         assert!(NodeConfig::merge(args, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn quic_settings_come_from_file() {
+        let file: FileConfig = toml::from_str(
+            "quic_max_udp_payload = 1452\nquic_socket_buffer_bytes = 262144\n\
+             quic_receive_window_bytes = 8388608",
+        )
+        .unwrap();
+        let config = NodeConfig::merge(minimal(), file).unwrap();
+        assert_eq!(config.transport.max_udp_payload, 1452);
+        assert_eq!(config.transport.socket_buffer_bytes, 262_144);
+        assert_eq!(config.transport.receive_window_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn oversized_udp_payload_names_setting() {
+        let file: FileConfig = toml::from_str("quic_max_udp_payload = 9000").unwrap();
+        let error = NodeConfig::merge(minimal(), file).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    name: "quic_max_udp_payload",
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 }

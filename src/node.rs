@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dispotify_transport::{Endpoint, TlsIdentity, TransportConfig};
+use dispotify_transport::{Endpoint, TlsIdentity};
 use futures::StreamExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -210,9 +210,8 @@ pub async fn start(config: NodeConfig) -> Result<Arc<Node>, StartError> {
             source: Box::new(source),
         }
     })?;
-    let transport_config = TransportConfig::default();
     let endpoint =
-        Endpoint::bind(config.quic_addr, identity, transport_config).map_err(|source| {
+        Endpoint::bind(config.quic_addr, identity, config.transport.clone()).map_err(|source| {
             StartError::BindQuic {
                 addr: config.quic_addr,
                 source: Box::new(source),

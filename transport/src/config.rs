@@ -44,6 +44,50 @@ pub const DEFAULT_MAX_CONCURRENT_BIDI_STREAMS: u32 = 256;
 /// peer can make this node allocate for one frame.
 pub const DEFAULT_MAX_RPC_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// Default upper bound of the UDP payload that path MTU discovery may reach,
+/// which is also the largest payload this endpoint accepts from a peer.
+///
+/// Discovery starts at 1200 bytes and probes upward, so on a 1500-byte
+/// Ethernet path or a Swarm overlay it settles below 1500 whatever the
+/// bound. On loopback or jumbo frames it lets a connection send fewer,
+/// larger packets. quinn spends a fixed amount of user-space work on each
+/// packet (header, encryption call, acknowledgement), so bulk throughput
+/// grows with the packet size: see the transport section of
+/// docs/benchmarks.md.
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// Default size requested for the UDP socket's receive and send buffers.
+///
+/// A burst of large datagrams overflows the kernel's default buffer (about
+/// 208 KiB) and is dropped before quinn reads it. Each peer connection has
+/// at most [`DEFAULT_RECEIVE_WINDOW_BYTES`] in flight, so this size has
+/// room for the windows of a few peers sending at once.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Default number of bytes a peer may have in flight on one connection
+/// before this endpoint has read them (the QUIC connection flow-control
+/// window).
+///
+/// quinn's default is unlimited, so a bulk transfer fills the socket buffer,
+/// packets are dropped, and a Raft heartbeat on another connection waits
+/// behind the queue. In the transport bench this window took the ping p99
+/// under 8 bulk streams from 6 to 19 ms down to 1.1 to 1.4 ms, with no packet
+/// lost. A connection moves at most one window per round trip: 1 MiB at a
+/// 10 ms round trip is 100 MiB/s, so links with a longer round trip need a
+/// larger window.
+pub const DEFAULT_RECEIVE_WINDOW_BYTES: u32 = 1024 * 1024;
+
+/// Smallest UDP payload QUIC allows (RFC 9000, section 14).
+const MIN_UDP_PAYLOAD: u16 = 1200;
+
+/// Largest `max_udp_payload` accepted.
+///
+/// quinn 0.11 hands the kernel up to 10 datagrams in one segmentation
+/// offload (GSO) call, and a UDP send is limited to 64 KiB. In the transport
+/// bench, bounds of 8952 to 65507 bytes lost packets once discovery reached
+/// them, and quinn declared a black hole and fell back to 1200-byte packets.
+const MAX_UDP_PAYLOAD: u16 = 6500;
+
 /// Largest frame a 4-byte length prefix can describe.
 const MAX_ENCODABLE_FRAME_BYTES: usize = u32::MAX as usize;
 
@@ -67,6 +111,15 @@ pub struct TransportConfig {
     /// Maximum size of one RPC message in bytes (default
     /// [`DEFAULT_MAX_RPC_FRAME_BYTES`]).
     pub max_rpc_frame_bytes: usize,
+    /// Upper bound of path MTU discovery and largest UDP payload accepted,
+    /// in bytes (default [`DEFAULT_MAX_UDP_PAYLOAD`]).
+    pub max_udp_payload: u16,
+    /// Receive and send buffer size requested for the UDP socket, in bytes
+    /// (default [`DEFAULT_SOCKET_BUFFER_BYTES`]).
+    pub socket_buffer_bytes: usize,
+    /// Bytes a peer may have in flight on one connection (default
+    /// [`DEFAULT_RECEIVE_WINDOW_BYTES`]).
+    pub receive_window_bytes: u32,
     /// Retry policy for callers that use [`crate::retry`] (default
     /// [`RetryPolicy::default`]).
     pub retry: RetryPolicy,
@@ -81,6 +134,9 @@ impl Default for TransportConfig {
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             max_concurrent_bidi_streams: DEFAULT_MAX_CONCURRENT_BIDI_STREAMS,
             max_rpc_frame_bytes: DEFAULT_MAX_RPC_FRAME_BYTES,
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
+            socket_buffer_bytes: DEFAULT_SOCKET_BUFFER_BYTES,
+            receive_window_bytes: DEFAULT_RECEIVE_WINDOW_BYTES,
             retry: RetryPolicy::default(),
         }
     }
@@ -133,6 +189,18 @@ impl TransportConfig {
                 "must be between 1 and 4294967295 (a 4-byte length prefix)",
             );
         }
+        if !(MIN_UDP_PAYLOAD..=MAX_UDP_PAYLOAD).contains(&self.max_udp_payload) {
+            return invalid(
+                "max_udp_payload",
+                "must be between 1200 (the QUIC minimum) and 6500 (10 datagrams per 64 KiB offload batch)",
+            );
+        }
+        if self.socket_buffer_bytes == 0 {
+            return invalid("socket_buffer_bytes", "must be greater than zero");
+        }
+        if self.receive_window_bytes == 0 {
+            return invalid("receive_window_bytes", "must be greater than zero");
+        }
         self.retry.validate()
     }
 }
@@ -167,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn zero_limits_are_rejected() {
+    fn out_of_range_limits_are_rejected() {
         let cases = [
             (
                 "connect_timeout",
@@ -194,6 +262,34 @@ mod tests {
                 "max_rpc_frame_bytes",
                 TransportConfig {
                     max_rpc_frame_bytes: 0,
+                    ..TransportConfig::default()
+                },
+            ),
+            (
+                "max_udp_payload",
+                TransportConfig {
+                    max_udp_payload: 1199,
+                    ..TransportConfig::default()
+                },
+            ),
+            (
+                "max_udp_payload",
+                TransportConfig {
+                    max_udp_payload: 6501,
+                    ..TransportConfig::default()
+                },
+            ),
+            (
+                "socket_buffer_bytes",
+                TransportConfig {
+                    socket_buffer_bytes: 0,
+                    ..TransportConfig::default()
+                },
+            ),
+            (
+                "receive_window_bytes",
+                TransportConfig {
+                    receive_window_bytes: 0,
                     ..TransportConfig::default()
                 },
             ),

@@ -86,7 +86,7 @@ impl Endpoint {
 
         let server = server_config(&identity, server_transport)?;
         let client_tls = Arc::new(ClientTls::new(&identity, client_transport)?);
-        let quinn = quinn::Endpoint::server(server, addr)
+        let quinn = bind_quinn(addr, &config, server)
             .map_err(|source| TransportError::Bind { addr, source })?;
         let local_addr = quinn
             .local_addr()
@@ -376,6 +376,61 @@ impl Endpoint {
 /// Builds quinn's transport parameters from `config`, allowing the peer
 /// `peer_bidi_streams` concurrent bidirectional streams and no
 /// unidirectional ones.
+/// Binds a UDP socket on `addr` with the receive and send buffer sizes
+/// that `config` requests.
+///
+/// The kernel caps both sizes at `net.core.rmem_max` and `net.core.wmem_max`.
+/// A smaller buffer drops more datagrams in bursts, which costs bulk
+/// throughput but nothing else, so a capped size is logged, not refused.
+pub fn bind_udp_socket(
+    addr: SocketAddr,
+    config: &TransportConfig,
+) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    sock.set_recv_buffer_size(config.socket_buffer_bytes)?;
+    sock.set_send_buffer_size(config.socket_buffer_bytes)?;
+    // Linux doubles a granted size for its bookkeeping and reports the
+    // doubled value (socket(7)).
+    let granted = |reported: usize| {
+        if cfg!(target_os = "linux") {
+            reported / 2
+        } else {
+            reported
+        }
+    };
+    let receive = granted(sock.recv_buffer_size()?);
+    let send = granted(sock.send_buffer_size()?);
+    if receive < config.socket_buffer_bytes || send < config.socket_buffer_bytes {
+        tracing::info!(
+            %addr,
+            requested = config.socket_buffer_bytes,
+            receive,
+            send,
+            "the kernel granted smaller UDP buffers than requested; raise \
+             net.core.rmem_max and net.core.wmem_max for faster replication"
+        );
+    }
+    Ok(socket)
+}
+
+/// Starts the quinn endpoint on a socket from [`bind_udp_socket`], accepting
+/// datagrams up to `max_udp_payload`.
+fn bind_quinn(
+    addr: SocketAddr,
+    config: &TransportConfig,
+    server: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = bind_udp_socket(addr, config)?;
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint
+        .max_udp_payload_size(config.max_udp_payload)
+        .map_err(|_| std::io::Error::other("max_udp_payload must be between 1200 and 65527"))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no tokio runtime to run the QUIC endpoint on"))?;
+    quinn::Endpoint::new(endpoint, Some(server), socket, runtime)
+}
+
 fn quinn_transport(
     config: &TransportConfig,
     peer_bidi_streams: u32,
@@ -387,8 +442,13 @@ fn quinn_transport(
         }
     })?;
 
+    let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(config.max_udp_payload);
+
     let mut transport = quinn::TransportConfig::default();
     transport
+        .mtu_discovery_config(Some(mtu_discovery))
+        .receive_window(config.receive_window_bytes.into())
         .max_concurrent_bidi_streams(peer_bidi_streams.into())
         .max_concurrent_uni_streams(0u32.into())
         .max_idle_timeout(Some(idle_timeout))

@@ -155,6 +155,41 @@ async fn bulk_streams_do_not_block_rpc() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_connection_grows_datagrams_on_loopback() -> anyhow::Result<()> {
+    /// The largest UDP payload quinn accepts from a peer by default, above
+    /// its default discovery bound of 1452 bytes.
+    const QUINN_DEFAULT_BOUND: u16 = 1472;
+    const DISCOVERY_LIMIT: Duration = Duration::from_secs(10);
+
+    let certs = CertDirs::new()?;
+    let (a, b) = two_nodes(&certs)?;
+    let b_addr = b.addr();
+    let bound = a.endpoint.config().max_udp_payload;
+    assert!(bound > QUINN_DEFAULT_BOUND, "default bound is {bound}");
+
+    let receipt = send_bulk(&a.endpoint, "b", b_addr, 7, 16, 256 * 1024).await?;
+    assert_eq!(receipt.first_bad_chunk, None);
+    let connection = a
+        .endpoint
+        .connection_for("b", b_addr, StreamKind::Bulk)
+        .await?;
+    let started = Instant::now();
+    let mut mtu = connection.stats().path.current_mtu;
+    while mtu <= QUINN_DEFAULT_BOUND && started.elapsed() < DISCOVERY_LIMIT {
+        // Discovery needs traffic to probe alongside.
+        send_bulk(&a.endpoint, "b", b_addr, 8, 4, 256 * 1024).await?;
+        mtu = connection.stats().path.current_mtu;
+    }
+
+    assert!(
+        mtu > QUINN_DEFAULT_BOUND,
+        "path MTU stayed at {mtu} bytes after {DISCOVERY_LIMIT:?}"
+    );
+    assert!(mtu <= bound, "path MTU {mtu} is above the bound {bound}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn bulk_receiver_detects_corrupt_chunk() -> anyhow::Result<()> {
     let certs = CertDirs::new()?;
