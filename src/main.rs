@@ -53,8 +53,11 @@ enum Command {
 /// Log filter when `DISPOTIFY_LOG` is unset. openraft reports every failed
 /// append to an unreachable follower at error level; the node's own health
 /// checks log an unreachable peer once, so those reports are silenced.
-const DEFAULT_LOG_FILTER: &str =
-    "info,openraft=error,openraft::replication=off,tarpc=warn,quinn=warn,sqlx=warn,tower_http=warn";
+/// tarpc's client logs each failed or timed-out call, at error level for a
+/// deadline, and the node's caller logs the same failure once with the
+/// peer and the retry or fallback it takes, so the client's lines are off.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off,tarpc=warn,\
+     tarpc::client=off,quinn=warn,sqlx=warn,tower_http=warn";
 
 fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_env("DISPOTIFY_LOG")
@@ -170,3 +173,14 @@ fn limit_heap_retention() {
 /// own terms, so there is nothing to set.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_heap_retention() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_log_filter_parses() {
+        let parsed = EnvFilter::builder().parse(DEFAULT_LOG_FILTER);
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+}
