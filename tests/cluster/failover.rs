@@ -17,15 +17,15 @@ static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 
 /// How long a write through a follower may take when the leader has just
 /// been killed. It covers an election and a commit, with room for a loaded
-/// machine. With the default timings a follower campaigns after 1.8 to
-/// 2.4 s of silence. The node's whole write timeout is 8 s.
+/// machine. With the default timings a follower campaigns after 200 to
+/// 240 ms of silence. The node's whole write timeout is 8 s.
 const WRITE_AFTER_LEADER_LOSS_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long a node cut off from the quorum may take to reject a write. A
-/// follower counts as cut off after the 1.2 s maximum election timeout and
-/// a 1 s round of pings, a leader after 2.4 s without a majority, and the
-/// rest is room for a loaded machine. Before the quorum check, a lock write
-/// waited 8 s and an upload about 15 s.
+/// follower counts as cut off after the 120 ms maximum election timeout and
+/// a round of pings of at most 1 s, a leader after 1 s without a majority,
+/// and the rest is room for a loaded machine. Before the quorum check, a
+/// lock write waited 8 s and an upload about 15 s.
 const REJECTION_LIMIT: Duration = Duration::from_secs(4);
 
 /// The Prometheus counter of leader changes a node has seen.
