@@ -8,8 +8,9 @@
 //! - `raw_quinn/1_stream`: one quinn stream with mutual TLS and quinn's
 //!   default configuration, written with `write_all_chunks`, no framing.
 //! - `raw_quinn/1_stream_node_datagrams`: the same with the node's datagram
-//!   settings (`max_udp_payload`, `socket_buffer_bytes`), so it differs from
-//!   the transport's path by the framing alone.
+//!   settings (`max_udp_payload`, `socket_buffer_bytes`,
+//!   `receive_window_bytes`), so it differs from the transport's path by the
+//!   framing alone.
 //! - `bulk_frames/{1,4,8}_streams`: the transport's own path: the cached bulk
 //!   connection, `StreamKind::Bulk` streams, `write_chunk_frame` /
 //!   `read_chunk_frame` with 1 MiB chunks, the 64 MiB split evenly over the
@@ -344,7 +345,9 @@ async fn start_raw_quinn(
     if let Some(config) = node_datagrams {
         let mut discovery = quinn::MtuDiscoveryConfig::default();
         discovery.upper_bound(config.max_udp_payload);
-        transport.mtu_discovery_config(Some(discovery));
+        transport
+            .mtu_discovery_config(Some(discovery))
+            .receive_window(config.receive_window_bytes.into());
     }
     let transport = Arc::new(transport);
     let raw_endpoint =

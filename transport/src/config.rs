@@ -71,11 +71,11 @@ pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// quinn's default is unlimited, so a bulk transfer fills the socket buffer,
 /// packets are dropped, and a Raft heartbeat on another connection waits
 /// behind the queue. In the transport bench this window took the ping p99
-/// under 8 bulk streams from 6 to 19 ms down to 1.1 to 1.4 ms, with no packet
-/// lost. A connection moves at most one window per round trip: 1 MiB at a
-/// 10 ms round trip is 100 MiB/s, so links with a longer round trip need a
+/// under 8 bulk streams from 5 to 19 ms down to about 2 ms, with no packet
+/// lost. A connection moves at most one window per round trip: 2 MiB at a
+/// 10 ms round trip is 200 MiB/s, so links with a longer round trip need a
 /// larger window.
-pub const DEFAULT_RECEIVE_WINDOW_BYTES: u32 = 1024 * 1024;
+pub const DEFAULT_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 
 /// Smallest UDP payload QUIC allows (RFC 9000, section 14).
 const MIN_UDP_PAYLOAD: u16 = 1200;
