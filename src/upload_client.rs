@@ -163,8 +163,17 @@ pub enum UploadError {
     },
     #[error("failed to build the HTTP client")]
     HttpClient { source: reqwest::Error },
-    #[error("none of the {files} files was accepted")]
+    #[error("{}", all_failed_message(*files))]
     AllFailed { files: usize },
+}
+
+/// Returns the message for an upload in which no file was accepted.
+fn all_failed_message(files: usize) -> String {
+    if files == 1 {
+        "the file was not accepted".to_string()
+    } else {
+        format!("none of the {files} files was accepted")
+    }
 }
 
 /// The fields of the server's track JSON that the upload command shows.
@@ -1245,6 +1254,12 @@ mod tests {
             matches!(upload, Err(UploadError::Unreachable { .. })),
             "{upload:?}"
         );
+    }
+
+    #[test]
+    fn all_failed_message_counts_files() {
+        assert_eq!(all_failed_message(1), "the file was not accepted");
+        assert_eq!(all_failed_message(3), "none of the 3 files was accepted");
     }
 
     #[tokio::test]
