@@ -55,9 +55,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use dispotify_certs::NodeCertRequest;
 use dispotify_transport::{
-    bind_udp_socket, read_chunk_frame, read_header, serve_tarpc_stream, write_chunk_frame,
-    write_header, BoxFuture, Endpoint, IncomingHandler, PeerId, StreamKind, TlsIdentity,
-    TransportConfig,
+    bind_quinn_endpoint, datagram_transport_config, read_chunk_frame, read_header,
+    serve_tarpc_stream, write_chunk_frame, write_header, BoxFuture, Endpoint, IncomingHandler,
+    PeerId, StreamKind, TlsIdentity, TransportConfig,
 };
 use quinn::{RecvStream, SendStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -341,34 +341,16 @@ async fn start_raw_quinn(
     const ALPN: &[u8] = b"bench-raw";
     let server_tls = rustls_server(load_raw_identity(&certs.b_dir)?, ALPN)?;
     let client_tls = rustls_client(load_raw_identity(&certs.a_dir)?, ALPN)?;
-    let mut transport = quinn::TransportConfig::default();
-    if let Some(config) = node_datagrams {
-        let mut discovery = quinn::MtuDiscoveryConfig::default();
-        discovery.upper_bound(config.max_udp_payload);
-        transport
-            .mtu_discovery_config(Some(discovery))
-            .receive_window(config.receive_window_bytes.into());
-    }
-    let transport = Arc::new(transport);
-    let raw_endpoint =
-        |server_config: Option<quinn::ServerConfig>| -> anyhow::Result<quinn::Endpoint> {
-            let Some(config) = node_datagrams else {
-                return Ok(match server_config {
-                    Some(server_config) => quinn::Endpoint::server(server_config, loopback())?,
-                    None => quinn::Endpoint::client(loopback())?,
-                });
-            };
-            let mut endpoint_config = quinn::EndpointConfig::default();
-            endpoint_config.max_udp_payload_size(config.max_udp_payload)?;
-            let runtime = quinn::default_runtime().context("no tokio runtime")?;
-            let socket = bind_udp_socket(loopback(), config)?;
-            Ok(quinn::Endpoint::new(
-                endpoint_config,
-                server_config,
-                socket,
-                runtime,
-            )?)
-        };
+    let transport = Arc::new(
+        node_datagrams.map_or_else(quinn::TransportConfig::default, datagram_transport_config),
+    );
+    let raw_endpoint = |server_config: Option<quinn::ServerConfig>| match node_datagrams {
+        Some(config) => bind_quinn_endpoint(loopback(), config, server_config),
+        None => match server_config {
+            Some(server_config) => quinn::Endpoint::server(server_config, loopback()),
+            None => quinn::Endpoint::client(loopback()),
+        },
+    };
 
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?,

@@ -251,8 +251,8 @@ async fn restarted_bootstrap_node_skips_initialization() -> Result<()> {
     Ok(())
 }
 
-/// A restarted node used to report ready while the leader still had entries
-/// it had not received, then not ready again when they arrived.
+/// A restarted node reports ready only once it has applied what the leader
+/// committed while it was down, and it stays ready as those entries arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_ready_after_catch_up() -> Result<()> {
     use futures::stream::{self, StreamExt};
@@ -273,7 +273,7 @@ async fn restarted_node_ready_after_catch_up() -> Result<()> {
     ));
     cluster.nodes[victim].kill();
     let cluster_ref = &cluster;
-    let refused: Vec<String> = stream::iter(0..ENTRIES_MISSED)
+    let failures: Vec<String> = stream::iter(0..ENTRIES_MISSED)
         .map(|n| async move {
             let name = format!("catch-up-{n}");
             match cluster_ref
@@ -286,10 +286,10 @@ async fn restarted_node_ready_after_catch_up() -> Result<()> {
             }
         })
         .buffer_unordered(CONCURRENT_REQUESTS)
-        .filter_map(|refusal| async move { refusal })
+        .filter_map(|failure| async move { failure })
         .collect()
         .await;
-    ensure!(refused.is_empty(), "lock requests refused: {refused:?}");
+    ensure!(failures.is_empty(), "lock requests failed: {failures:?}");
     let committed = cluster.status(leader).await?["last_applied_index"]
         .as_u64()
         .context("leader's last_applied_index")?;

@@ -86,7 +86,7 @@ impl Endpoint {
 
         let server = server_config(&identity, server_transport)?;
         let client_tls = Arc::new(ClientTls::new(&identity, client_transport)?);
-        let quinn = bind_quinn(addr, &config, server)
+        let quinn = bind_quinn_endpoint(addr, &config, Some(server))
             .map_err(|source| TransportError::Bind { addr, source })?;
         let local_addr = quinn
             .local_addr()
@@ -373,16 +373,13 @@ impl Endpoint {
     }
 }
 
-/// Builds quinn's transport parameters from `config`, allowing the peer
-/// `peer_bidi_streams` concurrent bidirectional streams and no
-/// unidirectional ones.
 /// Binds a UDP socket on `addr` with the receive and send buffer sizes
 /// that `config` requests.
 ///
 /// The kernel caps both sizes at `net.core.rmem_max` and `net.core.wmem_max`.
 /// A smaller buffer drops more datagrams in bursts, which costs bulk
 /// throughput but nothing else, so a capped size is logged, not refused.
-pub fn bind_udp_socket(
+fn bind_udp_socket(
     addr: SocketAddr,
     config: &TransportConfig,
 ) -> std::io::Result<std::net::UdpSocket> {
@@ -414,12 +411,16 @@ pub fn bind_udp_socket(
     Ok(socket)
 }
 
-/// Starts the quinn endpoint on a socket from [`bind_udp_socket`], accepting
-/// datagrams up to `max_udp_payload`.
-fn bind_quinn(
+/// Starts a quinn endpoint on `addr` with the socket buffers of `config`,
+/// accepting datagrams up to its `max_udp_payload`, and serving with
+/// `server` when given.
+///
+/// [`Endpoint::bind`] starts its endpoint with it. The transport bench
+/// uses it for a plain quinn baseline with the same datagram settings.
+pub fn bind_quinn_endpoint(
     addr: SocketAddr,
     config: &TransportConfig,
-    server: quinn::ServerConfig,
+    server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
     let socket = bind_udp_socket(addr, config)?;
     let mut endpoint = quinn::EndpointConfig::default();
@@ -428,9 +429,25 @@ fn bind_quinn(
         .map_err(|_| std::io::Error::other("max_udp_payload must be between 1200 and 65527"))?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no tokio runtime to run the QUIC endpoint on"))?;
-    quinn::Endpoint::new(endpoint, Some(server), socket, runtime)
+    quinn::Endpoint::new(endpoint, server, socket, runtime)
 }
 
+/// Returns quinn's transport parameters with the datagram settings of
+/// `config`: the path MTU discovery bound and the connection receive window.
+pub fn datagram_transport_config(config: &TransportConfig) -> quinn::TransportConfig {
+    let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(config.max_udp_payload);
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .mtu_discovery_config(Some(mtu_discovery))
+        .receive_window(config.receive_window_bytes.into());
+    transport
+}
+
+/// Builds quinn's transport parameters from `config`, allowing the peer
+/// `peer_bidi_streams` concurrent bidirectional streams and no
+/// unidirectional ones.
 fn quinn_transport(
     config: &TransportConfig,
     peer_bidi_streams: u32,
@@ -442,13 +459,8 @@ fn quinn_transport(
         }
     })?;
 
-    let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
-    mtu_discovery.upper_bound(config.max_udp_payload);
-
-    let mut transport = quinn::TransportConfig::default();
+    let mut transport = datagram_transport_config(config);
     transport
-        .mtu_discovery_config(Some(mtu_discovery))
-        .receive_window(config.receive_window_bytes.into())
         .max_concurrent_bidi_streams(peer_bidi_streams.into())
         .max_concurrent_uni_streams(0u32.into())
         .max_idle_timeout(Some(idle_timeout))

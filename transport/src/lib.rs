@@ -67,7 +67,7 @@ mod stream;
 mod tls;
 
 pub use config::*;
-pub use endpoint::{bind_udp_socket, Endpoint};
+pub use endpoint::{bind_quinn_endpoint, datagram_transport_config, Endpoint};
 pub use error::{CodecDirection, TransportError};
 pub use frame::{read_chunk_frame, read_header, write_chunk_frame, write_header};
 pub use identity::TlsIdentity;
